@@ -1,0 +1,31 @@
+# make test   - create .venv if missing, install the requirements, run the test suite (what CI runs)
+# make demo   - the offline end-to-end demo (teacher -> student with KD -> test -> single image)
+# make lint   - ruff
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+
+.PHONY: test demo lint bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+demo: $(STAMP)
+	$(PY) -m tools.demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_inference.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_loader.py
+
+clean:
+	rm -rf demo_output demo_data .pytest_cache

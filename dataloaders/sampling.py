@@ -1,0 +1,105 @@
+"""Patch sampling: paired (pixel-aligned) crops, independent crops, flips, rotation, normalisation.
+
+All randomness comes from the `numpy.random.Generator` passed in, so a sample is a pure function of
+its generator's seed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tools.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def fit_patch_size(img: Image.Image, patch_size: int, upscale: bool, path: Path | str) -> Image.Image:
+    """Return `img` unchanged if both sides are >= patch_size; upscale it (bicubic, aspect kept) if asked.
+
+    Otherwise raise UserError naming the file, its size and the patch size.
+    """
+    w, h = img.size
+    if w >= patch_size and h >= patch_size:
+        return img
+    if not upscale:
+        raise UserError(f"image {path} is {w}x{h}, smaller than the patch size {patch_size}; "
+                        "use a smaller patch size or ask for upscaling (upscale=True / --upscale)")
+    scale = max(patch_size / w, patch_size / h)
+    size = (max(patch_size, math.ceil(w * scale)), max(patch_size, math.ceil(h * scale)))
+    return img.resize(size, Image.Resampling.BICUBIC)
+
+
+def _crop_origin(rng: np.random.Generator, shape: tuple[int, ...], s: int) -> tuple[int, int]:
+    """Random (top, left) of an s x s crop inside an array of shape (H, W, ...)."""
+    return int(rng.integers(0, shape[0] - s + 1)), int(rng.integers(0, shape[1] - s + 1))
+
+
+def paired_patches(lq: np.ndarray, hq: np.ndarray, rng: np.random.Generator, patch_size: int,
+                   patch_num: int, augment: bool) -> tuple[np.ndarray, np.ndarray]:
+    """`patch_num` crops at the same position in LQ and HQ (arrays H x W x 3, same shape).
+
+    With `augment`, each pair also gets (p=0.5 each) a vertical flip, a horizontal flip and a
+    180-degree rotation, applied identically to LQ and HQ. Returns two uint8 arrays [p, s, s, 3].
+    """
+    s = patch_size
+    lq_out = np.empty((patch_num, s, s, 3), np.uint8)
+    hq_out = np.empty_like(lq_out)
+    for i in range(patch_num):
+        top, left = _crop_origin(rng, lq.shape, s)
+        a, b = lq[top:top + s, left:left + s], hq[top:top + s, left:left + s]
+        if augment:
+            vflip, hflip, rot180 = rng.random(3) < 0.5
+            if vflip:
+                a, b = a[::-1], b[::-1]
+            if hflip:
+                a, b = a[:, ::-1], b[:, ::-1]
+            if rot180:
+                a, b = a[::-1, ::-1], b[::-1, ::-1]
+        lq_out[i], hq_out[i] = a, b
+    return lq_out, hq_out
+
+
+def independent_patches(img: np.ndarray, rng: np.random.Generator, patch_size: int, patch_num: int,
+                        flip: bool = False, rotate: bool = False) -> np.ndarray:
+    """`patch_num` crops at independent random positions of one image (H x W x 3).
+
+    `flip`: random horizontal and vertical flip (p=0.5 each); `rotate`: then a random rotation in
+    [-180, 180] degrees about the patch centre (nearest neighbour, corners filled with black).
+    Returns a uint8 array [p, s, s, 3].
+    """
+    s = patch_size
+    out = np.empty((patch_num, s, s, 3), np.uint8)
+    for i in range(patch_num):
+        top, left = _crop_origin(rng, img.shape, s)
+        patch = img[top:top + s, left:left + s]
+        if flip:
+            hflip, vflip = rng.random(2) < 0.5
+            if hflip:
+                patch = patch[:, ::-1]
+            if vflip:
+                patch = patch[::-1]
+        if rotate:
+            angle = float(rng.uniform(-180.0, 180.0))
+            patch = np.asarray(Image.fromarray(np.ascontiguousarray(patch)).rotate(
+                angle, resample=Image.Resampling.NEAREST))
+        out[i] = patch
+    return out
+
+
+def to_normalized_tensor(patches: np.ndarray) -> torch.Tensor:
+    """uint8 [p, s, s, 3] -> float32 [p, 3, s, s], scaled to [0, 1] then ImageNet-normalised."""
+    tensor = torch.from_numpy(patches).permute(0, 3, 1, 2).float().div_(255.0)
+    return tensor.sub_(_MEAN).div_(_STD).contiguous()
+
+
+def denormalize(tensor: torch.Tensor) -> torch.Tensor:
+    """Inverse of to_normalized_tensor up to rounding: float [p, 3, s, s] -> values in 0..255."""
+    return (tensor * _STD + _MEAN) * 255.0

@@ -1,0 +1,79 @@
+"""Options of the NAR-student training (`train_DistillationIQA.py`) and of both test scripts."""
+
+from __future__ import annotations
+
+import argparse
+
+from tools.options import (
+    add_data_args,
+    add_network_args,
+    add_runtime_args,
+    add_training_args,
+    check_args,
+    finalize_args,
+    str2bool,
+)
+
+__all__ = ["check_args", "get_args_parser", "set_args", "str2bool"]
+
+STUDENT_TEST_DATASETS = "live,csiq,tid2013,koniq-10k"
+
+
+def get_args_parser(script: str = "train") -> argparse.ArgumentParser:
+    """Options for `script` = 'train' (student training), 'test' (test_DistillationIQA.py) or 'single'."""
+    descriptions = {
+        "train": "Train the CVRKD-IQA NAR-student with the frozen FR-teacher (knowledge distillation).",
+        "test": "Evaluate a NAR-student (and optionally the FR-teacher) on test datasets, 10 rounds.",
+        "single": "Score images with the NAR-student against non-aligned reference image(s).",
+    }
+    if script not in descriptions:
+        raise ValueError(f"script must be one of {sorted(descriptions)}")
+    parser = argparse.ArgumentParser(description=descriptions[script])
+    testing = script != "train"
+    if script == "train":
+        add_training_args(parser, checkpoint_dir="./checkpoint_DistillationIQA/", update_opt_epoch=30, lr_ratio=1)
+        parser.add_argument("--distillation_loss", choices=["mse", "l1", "kldiv"], default="mse",
+                            help="feature distance for KD (the original computed mse whatever this said)")
+        parser.add_argument("--feature_loss_ratio", type=float, default=1.0, help="weight of the KD feature loss")
+    if script != "single":
+        add_data_args(parser, test_datasets=STUDENT_TEST_DATASETS)
+    add_network_args(parser)
+    add_runtime_args(parser)
+    parser.add_argument("--teacherNet_model_path", type=str,
+                        default=None if testing else "./model_zoo/FR_teacher_cross_dataset.pth",
+                        help="FR-teacher weights" + (" (tested too when given)" if testing else ""))
+    parser.add_argument("--studentNet_model_path", type=str,
+                        default="./model_zoo/NAR_student_cross_dataset.pth" if testing else None,
+                        help="NAR-student weights" + ("" if testing else " to start from"))
+    if script == "test":
+        parser.add_argument("--test_rounds", type=int, default=10,
+                            help="rounds with new random crops and references")
+        parser.add_argument("--checkpoint_dir", type=str, default="./checkpoint_DistillationIQA/",
+                            help="results/<...>.csv is written below it")
+        parser.add_argument("--setting_file", type=str, default="setting_test.txt")
+        parser.add_argument("--plot", type=str, default=None, metavar="DIR",
+                            help="write per-dataset scatter plots (prediction vs label, fitted logistic) here")
+    if script == "single":
+        parser.add_argument("--lq", nargs="+", required=True, metavar="PATH",
+                            help="image(s) to score, or a folder of images")
+        parser.add_argument("--ref", nargs="+", default=None, metavar="PATH",
+                            help="non-aligned HQ reference image(s) or a folder "
+                                 "(default <dataset_dir>/DIV2K_ref/val_HR)")
+        parser.add_argument("--dataset_dir", type=str, default="./dataset")
+        parser.add_argument("--repeats", type=int, default=10,
+                            help="random crop sets per image; the score is their mean")
+        parser.add_argument("--batch_size", type=int, default=8, help="images scored together")
+        parser.add_argument("--upscale_small_images", action="store_true",
+                            help="upscale images smaller than the patch size instead of refusing them")
+        parser.add_argument("--output", type=str, default=None, metavar="FILE.csv|FILE.json",
+                            help="also write the scores to this CSV or JSON file")
+    return parser
+
+
+def set_args(argv: list[str] | None = None, script: str = "train") -> argparse.Namespace:
+    """Parse the command line (or `argv`) and derive the checkpoint paths; creates nothing."""
+    return finalize_args(get_args_parser(script).parse_args(argv))
+
+
+if __name__ == "__main__":
+    print(set_args())

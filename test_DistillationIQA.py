@@ -1,0 +1,93 @@
+"""Evaluate a NAR-student (and optionally the FR-teacher) on test datasets over 10 rounds (SPEC §5).
+
+    python test_DistillationIQA.py --studentNet_model_path ./model_zoo/NAR_student_cross_dataset.pth
+    python test_DistillationIQA.py --test_datasets live,csiq \
+        --teacherNet_model_path ./model_zoo/FR_teacher_cross_dataset.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+from option_train_DistillationIQA import set_args
+from tools import engine
+from tools.checkpoint import write_csv, write_json
+from tools.errors import UserError, run_cli
+from tools.utils import get_logger
+
+METRICS = ("srcc", "plcc", "krcc")
+
+
+def evaluate_rounds(model, test_sets, run, rounds: int, ref_key: str, fit: bool) -> dict[str, list[dict]]:
+    """Metrics per dataset for each round (round r draws its crops and references with epoch r)."""
+    per_dataset: dict[str, list[dict]] = {t.name: [] for t in test_sets}
+    for r in range(rounds):
+        for name, metrics in engine.evaluate(model, test_sets, run, r, ref_key, fit).items():
+            per_dataset[name].append(metrics)
+            get_logger().info(f"round {r}: {name} SRCC {metrics['srcc']:.4f} PLCC {metrics['plcc']:.4f} "
+                              f"KRCC {metrics['krcc']:.4f}")
+    return per_dataset
+
+
+def summarize(model_name: str, per_dataset: dict[str, list[dict]]) -> list[dict]:
+    rows = []
+    for name, rounds in per_dataset.items():
+        for r, m in enumerate(rounds):
+            rows.append({"model": model_name, "dataset": name, "round": r, **{k: m[k] for k in METRICS}})
+        values = {k: np.array([m[k] for m in rounds]) for k in METRICS}
+        rows.append({"model": model_name, "dataset": name, "round": "mean", **{k: v.mean() for k, v in values.items()}})
+        rows.append({"model": model_name, "dataset": name, "round": "std", **{k: v.std() for k, v in values.items()}})
+        get_logger().info(f"{model_name} {name}: " + "  ".join(
+            f"{k.upper()} {values[k].mean():.4f} ± {values[k].std():.4f}" for k in METRICS))
+    return rows
+
+
+def write_plots(folder: str, model_name: str, per_dataset: dict[str, list[dict]], test_sets) -> None:
+    from tools.plots import scatter_plot
+
+    for test_set in test_sets:
+        rounds = per_dataset[test_set.name]
+        pred = np.mean([m["pred"] for m in rounds], axis=0)  # per image, mean over rounds
+        label_name = "MOS (higher is better)" if test_set.higher_is_better else "DMOS (lower is better)"
+        path = scatter_plot(pred, rounds[0]["label"], os.path.join(folder, f"{model_name}_{test_set.name}.png"),
+                            f"{model_name} on {test_set.name}", label_name)
+        get_logger().info(f"plot written to {path}")
+
+
+def main(args: argparse.Namespace) -> dict:
+    run = engine.setup_run(args)
+    for option in ("studentNet_model_path", "teacherNet_model_path"):
+        path = getattr(args, option)
+        if path and not os.path.isfile(path):
+            raise UserError(f"--{option}: checkpoint not found: {path}")
+    models = [("student", engine.build_network(args, run.device, weights=args.studentNet_model_path),
+               "lq_hq_ref", "ref")]
+    if args.teacherNet_model_path:
+        models.append(("teacher", engine.build_network(args, run.device, weights=args.teacherNet_model_path),
+                       "lq_hq", "hq"))
+    rows, report = [], {}
+    for model_name, model, mode, ref_key in models:
+        test_sets = engine.build_test_sets(args, args.test_datasets, mode,
+                                           ref_folder=args.ref_test_dataset_path if mode == "lq_hq_ref" else None)
+        if not test_sets:
+            get_logger().warning(f"warning: no test dataset found for the {model_name}")
+            continue
+        per_dataset = evaluate_rounds(model, test_sets, run, args.test_rounds, ref_key, args.use_fitting_prcc_srcc)
+        rows += summarize(model_name, per_dataset)
+        report[model_name] = {name: {k: float(np.mean([m[k] for m in rounds])) for k in METRICS}
+                              for name, rounds in per_dataset.items()}
+        if args.plot:
+            write_plots(args.plot, model_name, per_dataset, test_sets)
+    if rows:
+        csv_path = os.path.join(args.result_checkpoint_dir, "test_results.csv")
+        write_csv(csv_path, rows)
+        write_json(os.path.join(args.result_checkpoint_dir, "test_results.json"), report)
+        get_logger().info(f"results written to {csv_path}")
+    return report
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(set_args(script="test")))

@@ -1,0 +1,34 @@
+"""Shared fixtures. Tests run on the CPU, offline, with small patches and `pretrained=False`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def default_net():
+    """The network at the released defaults (self_patch_num 10, MLP_depth 9, distillation_layer 9)."""
+    from models.DistillationIQA import DistillationIQANet
+
+    torch.manual_seed(0)
+    return DistillationIQANet(pretrained=False).eval()
+
+
+@pytest.fixture(scope="session")
+def small_net():
+    """A small network (self_patch_num 2, MLP_depth 2) for fast forward passes."""
+    from models.DistillationIQA import DistillationIQANet
+
+    torch.manual_seed(0)
+    return DistillationIQANet(self_patch_num=2, MLP_depth=2, distillation_layer=4, pretrained=False).eval()

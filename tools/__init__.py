@@ -1,0 +1,1 @@
+"""Shared code of the CVRKD-IQA scripts: metrics, checkpoints, training loop, scoring."""

@@ -1,0 +1,474 @@
+"""The training and evaluation loop shared by the teacher, student and test scripts (SPEC §4, §5)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from dataloaders import (
+    build_dataset,
+    build_loader,
+    dataset_class,
+    list_reference_images,
+    set_loader_epoch,
+    split_contents,
+)
+from models.DistillationIQA import DistillationIQANet
+from tools import checkpoint as ckpt
+from tools.errors import UserError
+from tools.metrics import compute_metrics, oriented
+from tools.options import check_args
+from tools.utils import (
+    DistInfo,
+    Precision,
+    get_logger,
+    init_distributed,
+    resolve_precision,
+    seed_everything,
+    setup_logger,
+)
+
+LR_RATIO_RESET_EPOCH = 20  # after epoch t > 20 (0-based) the non-backbone lr multiplier becomes 1
+
+
+# ---- set-up -----------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """What a script needs to know about where it runs."""
+
+    args: argparse.Namespace
+    dist: DistInfo
+    device: torch.device
+    precision: Precision
+
+
+def setup_run(args: argparse.Namespace, *, write_options: bool = True) -> Run:
+    """Distributed set-up, device, seeding, logger and (rank 0) the options file."""
+    info, device = init_distributed(args.gpu_ids)
+    if write_options:
+        check_args(args, rank=info.rank)
+    log_file = os.path.join(args.log_checkpoint_dir, "log.txt") if hasattr(args, "log_checkpoint_dir") else None
+    setup_logger(log_file, info.is_main)
+    seed_everything(args.seed)
+    precision = resolve_precision(args.amp, device)
+    get_logger().info(f"device {device}, precision {precision.dtype or 'fp32'}, "
+                      f"world size {info.world_size}, seed {args.seed}")
+    return Run(args, info, device, precision)
+
+
+def build_network(args: argparse.Namespace, device: torch.device, *, weights: str | None = None,
+                  pretrained: bool | str | None = None) -> DistillationIQANet:
+    """A `DistillationIQANet` at the options' sizes; from `weights` (a checkpoint) when given.
+
+    With a checkpoint the backbone is not fetched separately (the checkpoint holds it).
+    """
+    if pretrained is None:
+        pretrained = False if weights else args.pretrained
+    model = DistillationIQANet(self_patch_num=args.self_patch_num, distillation_layer=args.distillation_layer,
+                               pretrained=pretrained,
+                               backbone_bn_eval=getattr(args, "freeze_backbone_bn", False))
+    if weights:
+        model.load_checkpoint(weights)
+    if getattr(args, "print_netC", False):
+        get_logger().info(str(model))
+    return model.to(device)
+
+
+def load_frozen_teacher(args: argparse.Namespace, device: torch.device) -> DistillationIQANet:
+    """The FR-teacher from --teacherNet_model_path: eval mode, no gradients."""
+    if not args.teacherNet_model_path:
+        raise UserError("--teacherNet_model_path is required to train the student (the FR-teacher's weights)")
+    if not Path(args.teacherNet_model_path).is_file():
+        raise UserError(f"--teacherNet_model_path: teacher checkpoint not found: {args.teacherNet_model_path} "
+                        "(train one with train_DistillationIQA_FR.py or put the released file there)")
+    teacher = build_network(args, device, weights=args.teacherNet_model_path)
+    teacher.eval()
+    for param in teacher.parameters():
+        param.requires_grad = False
+    return teacher
+
+
+# ---- optimiser and schedule (faithful to the original) ------------------------------------------------
+def make_optimizer(model: DistillationIQANet, lr: float, lr_ratio: float, weight_decay: float) -> torch.optim.Adam:
+    """Adam with two groups: everything but the backbone at lr * lr_ratio, the (frozen) backbone at lr."""
+    groups = [{"params": model.trainable_parameters(), "lr": lr * lr_ratio},
+              {"params": list(model.feature_extractor.parameters()), "lr": lr}]
+    return torch.optim.Adam(groups, weight_decay=weight_decay)
+
+
+def next_schedule(lr: float, lr_ratio: float, epoch: int, update_opt_epoch: int) -> tuple[float, float]:
+    """lr and lr_ratio after (0-based) epoch `epoch`: lr / 10^(epoch // update_opt_epoch), compounding."""
+    lr = lr / 10 ** (epoch // update_opt_epoch)
+    if epoch > LR_RATIO_RESET_EPOCH:
+        lr_ratio = 1.0
+    return lr, lr_ratio
+
+
+# ---- knowledge distillation -------------------------------------------------------------------------
+def feature_distillation_loss(student: Sequence[Tensor], teacher: Sequence[Tensor], kind: str = "mse") -> Tensor:
+    """Σ_k D(teacher_k, student_k) over paired inner features; D = mse | l1 | kldiv (over the feature axis)."""
+    if len(student) != len(teacher):
+        raise ValueError(f"{len(student)} student features vs {len(teacher)} teacher features")
+    total = student[0].new_zeros((), dtype=torch.float32)
+    for s, t in zip(student, teacher):
+        s, t = s.float(), t.detach().float()
+        if kind == "mse":
+            total = total + F.mse_loss(s, t)
+        elif kind == "l1":
+            total = total + F.l1_loss(s, t)
+        elif kind == "kldiv":
+            total = total + F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1),
+                                     reduction="batchmean", log_target=True)
+        else:
+            raise ValueError(f"unknown distillation loss {kind!r}: expected mse, l1 or kldiv")
+    return total
+
+
+# ---- one epoch --------------------------------------------------------------------------------------
+def _to(batch: dict, key: str, device: torch.device) -> Tensor:
+    return batch[key].to(device, non_blocking=True)
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                    run: Run, epoch: int, *, teacher: nn.Module | None = None, distillation_loss: str = "mse",
+                    feature_loss_ratio: float = 1.0, net_print: int = 2000) -> dict:
+    """One pass over `loader`. Without `teacher`: the FR-teacher (LQ vs aligned HQ). With it: the student
+    (LQ vs non-aligned reference) plus the KD loss on the difference-encoder features."""
+    logger = get_logger()
+    model.train()
+    set_loader_epoch(loader, epoch)
+    losses, feature_losses, preds, labels = [], [], [], []
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=None if run.dist.is_main else True, leave=False)
+    for step, batch in enumerate(bar, start=1):
+        lq, label = _to(batch, "lq", run.device), _to(batch, "label", run.device).float()
+        ref = _to(batch, "hq" if teacher is None else "ref", run.device)
+        with run.precision.autocast():
+            diff_inner, _, pred = model(lq, ref)
+            loss = F.l1_loss(pred.float(), label)
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_diff, _, _ = teacher(lq, _to(batch, "hq", run.device))
+                feature_loss = feature_distillation_loss(diff_inner, teacher_diff, distillation_loss)
+                feature_losses.append(feature_loss.item())
+                loss = loss + feature_loss_ratio * feature_loss
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(loss.item())
+        preds.append(pred.detach().float().cpu())
+        labels.append(label.cpu())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if step % net_print == 0:
+            logger.info(f"epoch {epoch} iter {step}: loss {np.mean(losses[-net_print:]):.4f}")
+    pred_all, label_all = _gather(torch.cat(preds) if preds else torch.zeros(0), run.dist), \
+        _gather(torch.cat(labels) if labels else torch.zeros(0), run.dist)
+    srcc = compute_metrics(pred_all, label_all, fit=False)["srcc"] if len(pred_all) > 1 else float("nan")
+    result = {"loss": _mean_across(losses, run.dist), "train_srcc": srcc}
+    if teacher is not None:
+        result["feature_loss"] = _mean_across(feature_losses, run.dist)
+    return result
+
+
+def _gather(values: Tensor, info: DistInfo) -> np.ndarray:
+    if not info.distributed:
+        return values.numpy()
+    parts: list = [None] * info.world_size
+    dist.all_gather_object(parts, values.numpy())
+    return np.concatenate(parts)
+
+
+def _mean_across(values: list[float], info: DistInfo) -> float:
+    total = torch.tensor([sum(values), len(values)], dtype=torch.float64)
+    if info.distributed:
+        dist.all_reduce(total)
+    return float(total[0] / total[1]) if total[1] else float("nan")
+
+
+# ---- evaluation -------------------------------------------------------------------------------------
+@dataclass
+class TestSet:
+    name: str
+    loader: object
+    higher_is_better: bool
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader, run: Run, epoch: int, ref_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image predictions (mean over the dataset's repeats) and labels, in dataset order."""
+    model.eval()
+    set_loader_epoch(loader, epoch)
+    preds, indices = [], []
+    for batch in loader:
+        lq, ref = _to(batch, "lq", run.device), _to(batch, ref_key, run.device)
+        with run.precision.autocast():
+            _, _, pred = model(lq, ref)
+        preds.append(pred.float().cpu())
+        indices.append(torch.as_tensor(batch["index"]))
+    pred = torch.cat(preds).numpy().astype(np.float64)
+    order = torch.cat(indices).numpy()
+    samples = loader.dataset.samples
+    per_image: dict[Path, list[float]] = {}
+    label_of: dict[Path, float] = {}
+    for i, p in zip(order, pred):
+        sample = samples[int(i)]
+        per_image.setdefault(sample.lq_path, []).append(float(p))
+        label_of[sample.lq_path] = float(sample.label)
+    keys = list(per_image)
+    return np.array([np.mean(per_image[k]) for k in keys]), np.array([label_of[k] for k in keys])
+
+
+def evaluate(model: nn.Module, test_sets: Sequence[TestSet], run: Run, epoch: int, ref_key: str,
+             fit: bool = True) -> dict[str, dict]:
+    """Metrics per test set, oriented so that a good model is positive also on lower-is-better labels."""
+    results = {}
+    for test_set in test_sets:
+        pred, labels = predict(model, test_set.loader, run, epoch, ref_key)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            metrics = oriented(compute_metrics(pred, labels, fit=fit), test_set.higher_is_better)
+        metrics["pred"], metrics["label"] = pred, labels
+        results[test_set.name] = metrics
+    return results
+
+
+def dataset_root(args: argparse.Namespace, name: str) -> Path:
+    return Path(args.dataset_paths[name])
+
+
+def build_test_sets(args: argparse.Namespace, names: Sequence[str], mode: str, *, content_ids=None,
+                    ref_folder: str | None = None, batch_size: int | None = None) -> list[TestSet]:
+    """Test loaders for the datasets that are on disk; missing ones are skipped with a warning naming the path.
+
+    The teacher ('lq_hq') cannot be evaluated on authentic datasets: those are skipped with a warning.
+    """
+    logger = get_logger()
+    ref_paths = list_reference_images(ref_folder) if mode == "lq_hq_ref" else None
+    test_sets = []
+    for name in names:
+        root = dataset_root(args, name)
+        if not root.exists():
+            logger.warning(f"warning: test dataset {name} not found at {root}: skipped")
+            continue
+        if mode == "lq_hq" and not dataset_class(name).has_aligned_reference:
+            logger.warning(f"warning: {name} has no aligned references: the FR-teacher is not evaluated on it")
+            continue
+        dataset = build_dataset(name, root, mode, patch_size=args.patch_size, patch_num=args.self_patch_num,
+                                train=False, content_ids=content_ids, ref_paths=ref_paths, seed=args.seed,
+                                repeats=args.test_patch_num, upscale=args.upscale_small_images)
+        loader = build_loader(dataset, batch_size or args.test_batch_size, shuffle=False, seed=args.seed,
+                              num_workers=args.num_workers, distributed=False)
+        test_sets.append(TestSet(name, loader, dataset.higher_is_better))
+    return test_sets
+
+
+# ---- the whole training run ---------------------------------------------------------------------------
+@dataclass
+class Role:
+    """What differs between the FR-teacher and the NAR-student runs."""
+
+    name: str  # checkpoint file prefix
+    train_mode: str
+    test_ref_key: str
+    teacher: nn.Module | None = None
+
+
+def _format_metrics(results: dict[str, dict]) -> str:
+    return "  ".join(f"{name}: SRCC {m['srcc']:.4f} PLCC {m['plcc']:.4f} KRCC {m['krcc']:.4f}"
+                     for name, m in results.items())
+
+
+def _score(results: dict[str, dict]) -> float:
+    values = [m["srcc"] for m in results.values() if not math.isnan(m["srcc"])]
+    return float(np.mean(values)) if values else float("-inf")
+
+
+def _plain(results: dict[str, dict]) -> dict[str, dict]:
+    return {name: {k: m[k] for k in ("srcc", "plcc", "krcc", "rmse")} for name, m in results.items()}
+
+
+def train_and_evaluate(run: Run, role: Role, build_model: Callable[[], DistillationIQANet]) -> dict:
+    """Train for `--epochs` (per round), evaluating every epoch; checkpoints, CSV, resume, rounds.
+
+    Same --train_dataset and --test_dataset: the within-dataset protocol (80/20 content splits,
+    --train_test_num rounds, median of the rounds' best SRCC). Otherwise the cross-dataset protocol.
+    """
+    args, logger = run.args, get_logger()
+    within = args.train_dataset == args.test_dataset
+    rounds = args.train_test_num if within else 1
+    ref_train = list_reference_images(args.ref_train_dataset_path) if role.train_mode == "lq_hq_ref" else None
+    train_root = dataset_root(args, args.train_dataset)
+    if not train_root.exists():
+        raise UserError(f"--train_dataset {args.train_dataset}: not found at {train_root} "
+                        f"(set --dataset_dir or --{args.train_dataset.replace('-', '')}_path; see dataset/README.md)")
+
+    state = _load_resume(args) if args.resume else None
+    finished_rounds: list[dict] = state["rounds"] if state else []
+    history: list[dict] = state["history"] if state else []
+    for round_index in range(len(finished_rounds), rounds):
+        train_ids = test_ids = None
+        if within:
+            total = build_dataset(args.train_dataset, train_root, "lq", patch_size=args.patch_size,
+                                  patch_num=1, upscale=True).num_contents
+            train_ids, test_ids = split_contents(total, 0.8, seed=args.seed + round_index)
+        train_set = build_dataset(args.train_dataset, train_root, role.train_mode, patch_size=args.patch_size,
+                                  patch_num=args.self_patch_num, train=True, content_ids=train_ids,
+                                  ref_paths=ref_train, seed=args.seed + round_index,
+                                  repeats=args.train_patch_num, upscale=args.upscale_small_images)
+        world = run.dist.world_size
+        if args.batch_size % world:
+            raise UserError(f"--batch_size {args.batch_size} must be divisible by the {world} processes")
+        train_loader = build_loader(train_set, args.batch_size // world, shuffle=True,
+                                    seed=args.seed + round_index, num_workers=args.num_workers)
+        test_sets: list[TestSet] = []
+        if run.dist.is_main:
+            names = [args.test_dataset] if within else args.test_datasets
+            test_mode = "lq_hq_ref" if role.train_mode == "lq_hq_ref" else "lq_hq"
+            test_sets = build_test_sets(args, names, test_mode, content_ids=test_ids,
+                                        ref_folder=args.ref_test_dataset_path if test_mode == "lq_hq_ref" else None)
+        logger.info(f"round {round_index + 1}/{rounds}: {len(train_set)} training samples from "
+                    f"{args.train_dataset}; testing on {[t.name for t in test_sets] or 'nothing'}")
+        resumed = state if state and state.get("round", 0) == round_index else None
+        summary = _train_round(run, role, build_model, train_loader, test_sets, round_index, rounds,
+                               history, resumed, finished_rounds)
+        finished_rounds.append(summary)
+        state = None
+
+    report = _final_report(finished_rounds, within)
+    if run.dist.is_main:
+        ckpt.write_json(os.path.join(args.result_checkpoint_dir, "summary.json"), report)
+        logger.info(report["text"])
+    return report
+
+
+def _load_resume(args: argparse.Namespace) -> dict:
+    path = os.path.join(args.model_checkpoint_dir, "last.pth") if args.resume == "last" else args.resume
+    state = ckpt.load_training_checkpoint(path)
+    get_logger().info(f"resuming from {path} (round {state.get('round', 0) + 1}, epoch {state['epoch']} done)")
+    return state
+
+
+def _round_suffix(round_index: int, rounds: int) -> str:
+    return f"_r{round_index + 1}" if rounds > 1 else ""
+
+
+def _train_round(run: Run, role: Role, build_model, train_loader, test_sets, round_index: int, rounds: int,
+                 history: list[dict], resumed: dict | None, finished_rounds: list[dict]) -> dict:
+    args, logger = run.args, get_logger()
+    seed_everything(args.seed + round_index)
+    model = build_model()
+    lr, lr_ratio, start_epoch = args.lr, args.lr_ratio, 0
+    best = {"score": float("-inf"), "epoch": None, "metrics": {}}
+    per_dataset_best: dict[str, dict] = {}
+    scaler = run.precision.scaler()
+    if resumed:
+        model.load_checkpoint(resumed["model"])
+        lr, lr_ratio, start_epoch = resumed["lr"], resumed["lr_ratio"], resumed["epoch"] + 1
+        best, per_dataset_best = resumed["best"], resumed["per_dataset_best"]
+    optimizer = make_optimizer(model, lr, lr_ratio, args.weight_decay)
+    if resumed:
+        optimizer.load_state_dict(resumed["optimizer"])
+        scaler.load_state_dict(resumed["scaler"])
+        ckpt.set_rng_state(resumed["rng"])
+    net = model
+    if run.dist.distributed:
+        if run.device.type == "cuda" and not args.freeze_backbone_bn:
+            # Train-mode BatchNorm over the whole global batch, as a single process would compute it.
+            model.feature_extractor = nn.SyncBatchNorm.convert_sync_batchnorm(model.feature_extractor)
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+
+    suffix = _round_suffix(round_index, rounds)
+    last_metrics: dict = {}
+    for epoch in range(start_epoch, args.epochs):
+        stats = train_one_epoch(net, train_loader, optimizer, scaler, run, epoch, teacher=role.teacher,
+                                distillation_loss=getattr(args, "distillation_loss", "mse"),
+                                feature_loss_ratio=getattr(args, "feature_loss_ratio", 1.0),
+                                net_print=args.net_print)
+        results = evaluate(model, test_sets, run, epoch, role.test_ref_key, args.use_fitting_prcc_srcc) \
+            if run.dist.is_main else {}
+        last_metrics = _plain(results)
+        row = {"round": round_index + 1, "epoch": epoch, "lr": lr, "lr_ratio": lr_ratio, **stats}
+        for name, m in last_metrics.items():
+            row.update({f"{name}_srcc": m["srcc"], f"{name}_plcc": m["plcc"], f"{name}_krcc": m["krcc"]})
+        history.append(row)
+        score = _score(results)
+        improved = score > best["score"] or best["epoch"] is None
+        if improved:
+            best = {"score": score, "epoch": epoch, "metrics": last_metrics}
+        for name, m in last_metrics.items():
+            if name not in per_dataset_best or m["srcc"] > per_dataset_best[name]["srcc"]:
+                per_dataset_best[name] = {**m, "epoch": epoch}
+        logger.info(f"round {round_index + 1} epoch {epoch}: loss {stats['loss']:.4f} "
+                    f"train SRCC {stats['train_srcc']:.4f}  {_format_metrics(results)}")
+
+        lr, lr_ratio = next_schedule(lr, lr_ratio, epoch, args.update_opt_epoch)
+        optimizer = make_optimizer(model, lr, lr_ratio, args.weight_decay)  # rebuilt each epoch, as the original
+        if run.dist.is_main:
+            checkpoint = {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch, "round": round_index, "lr": lr, "lr_ratio": lr_ratio, "rng": ckpt.rng_state(),
+                "args": _serializable(vars(args)), "metrics": last_metrics, "best": best,
+                "per_dataset_best": per_dataset_best, "history": history, "rounds": finished_rounds,
+            }
+            models_dir = args.model_checkpoint_dir
+            ckpt.atomic_torch_save(checkpoint, os.path.join(models_dir, f"{role.name}{suffix}_{epoch}.pth"))
+            if improved:
+                ckpt.atomic_torch_save(checkpoint, os.path.join(models_dir, f"best{suffix}.pth"))
+            ckpt.atomic_torch_save(checkpoint, os.path.join(models_dir, "last.pth"))
+            ckpt.write_csv(os.path.join(args.result_checkpoint_dir, "metrics.csv"), history)
+        if run.dist.distributed:
+            dist.barrier()
+    if resumed and start_epoch >= args.epochs:
+        last_metrics = resumed["metrics"]
+    return {"round": round_index + 1, "best_epoch": best["epoch"], "best": best["metrics"],
+            "best_per_dataset": per_dataset_best, "last": last_metrics}
+
+
+def _serializable(values: dict) -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            out[key] = value
+        elif isinstance(value, (list, tuple)):
+            out[key] = [str(v) for v in value]
+        elif isinstance(value, dict):
+            out[key] = {str(k): str(v) for k, v in value.items()}
+        else:
+            out[key] = str(value)
+    return out
+
+
+def _final_report(rounds: list[dict], within: bool) -> dict:
+    lines = []
+    for r in rounds:
+        for name, m in r["best_per_dataset"].items():
+            last = r["last"].get(name, {})
+            lines.append(f"round {r['round']} {name}: best SRCC {m['srcc']:.4f} PLCC {m['plcc']:.4f} "
+                         f"KRCC {m['krcc']:.4f} (epoch {m['epoch']}); last epoch SRCC "
+                         f"{last.get('srcc', float('nan')):.4f} PLCC {last.get('plcc', float('nan')):.4f} "
+                         f"KRCC {last.get('krcc', float('nan')):.4f}")
+    report: dict = {"rounds": rounds, "protocol": "within-dataset" if within else "cross-dataset"}
+    if within and rounds and rounds[0]["best_per_dataset"]:
+        name = next(iter(rounds[0]["best_per_dataset"]))
+        median = {k: statistics.median(r["best_per_dataset"][name][k] for r in rounds
+                                       if name in r["best_per_dataset"]) for k in ("srcc", "plcc", "krcc")}
+        report["median"] = {name: median}
+        lines.append(f"median over {len(rounds)} rounds ({name}): SRCC {median['srcc']:.4f} "
+                     f"PLCC {median['plcc']:.4f} KRCC {median['krcc']:.4f}")
+    report["text"] = "\n".join(lines) if lines else "no test set was evaluated"
+    return report

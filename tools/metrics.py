@@ -1,0 +1,98 @@
+"""IQA metrics (SPEC §5): SRCC, KRCC on raw scores; PLCC and RMSE after a 4-parameter logistic fit."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import optimize, stats
+
+MIN_POINTS_FOR_FIT = 5  # four parameters need at least five points to be fitted at all
+
+
+def logistic_4(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
+    """f(x) = (b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2."""
+    z = np.clip(-(x - b3) / max(abs(b4), 1e-12), -500.0, 500.0)
+    return (b1 - b2) / (1.0 + np.exp(z)) + b2
+
+
+def _logistic_jacobian(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
+    # Analytic: finite differences relative to a parameter near 0 (b3 = mean pred ~ 0) would not move it.
+    scale = max(abs(b4), 1e-12)
+    s = 1.0 / (1.0 + np.exp(np.clip(-(x - b3) / scale, -500.0, 500.0)))
+    ds = (b1 - b2) * s * (1.0 - s)
+    return np.stack([s, 1.0 - s, -ds / scale, -ds * (x - b3) / scale**2 * np.sign(b4 or 1.0)], axis=1)
+
+
+def fit_logistic(pred: np.ndarray, mos: np.ndarray) -> np.ndarray | None:
+    """Parameters [b1..b4] of `logistic_4` mapping pred to mos, or None where the fit is impossible."""
+    if len(pred) < MIN_POINTS_FOR_FIT or np.ptp(pred) == 0 or np.ptp(mos) == 0:
+        return None
+    start = [float(np.max(mos)), float(np.min(mos)), float(np.mean(pred)), 1.0]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            params, _ = optimize.curve_fit(logistic_4, pred, mos, p0=start, jac=_logistic_jacobian, maxfev=10000)
+    except (RuntimeError, ValueError, optimize.OptimizeWarning):
+        return None
+    if not np.all(np.isfinite(params)) or not np.all(np.isfinite(logistic_4(pred, *params))):
+        return None
+    return params
+
+
+def _correlation(func, a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")  # undefined for constant input
+    return float(func(a, b)[0])
+
+
+def compute_metrics(pred: Sequence[float], mos: Sequence[float], fit: bool = True) -> dict:
+    """SRCC, PLCC, KRCC (signed, as computed) and RMSE of predictions against subjective scores.
+
+    The PLCC keeps the sign of the relation between pred and mos also after fitting (a decreasing fitted
+    curve gives a negative PLCC), so that inversely ranked predictions show as negative.
+
+    With `fit`, PLCC and RMSE are computed after the 4-parameter logistic fit; where the fit is impossible
+    (constant predictions, fewer than 5 points, no convergence) they fall back to the raw predictions and
+    the result says so in `fit_note` (`fitted` is False). Correlations of constant inputs are NaN.
+    """
+    pred = np.asarray(pred, dtype=np.float64).ravel()
+    mos = np.asarray(mos, dtype=np.float64).ravel()
+    if pred.shape != mos.shape:
+        raise ValueError(f"pred has {pred.size} values but mos has {mos.size}")
+    if pred.size == 0:
+        raise ValueError("compute_metrics needs at least one prediction")
+    if not (np.all(np.isfinite(pred)) and np.all(np.isfinite(mos))):
+        raise ValueError("predictions and scores must be finite (got NaN or inf)")
+
+    fitted_pred, note, direction = pred, "", 1.0
+    if fit:
+        params = fit_logistic(pred, mos)
+        if params is None:
+            note = "logistic fit impossible (constant predictions, fewer than 5 points, or no convergence): " \
+                   "PLCC and RMSE computed without fitting"
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
+        else:
+            fitted_pred = logistic_4(pred, *params)
+            # A decreasing fitted curve means pred and mos are inversely related: keep that sign in PLCC.
+            direction = 1.0 if params[0] >= params[1] else -1.0
+    return {
+        "srcc": _correlation(stats.spearmanr, pred, mos),
+        "plcc": direction * _correlation(stats.pearsonr, fitted_pred, mos),
+        "krcc": _correlation(stats.kendalltau, pred, mos),
+        "rmse": float(np.sqrt(np.mean((fitted_pred - mos) ** 2))),
+        "fitted": bool(fit and fitted_pred is not pred),
+        "fit_note": note,
+        "n": int(pred.size),
+    }
+
+
+def oriented(metrics: dict, higher_is_better: bool) -> dict:
+    """Correlations with the sign flipped for lower-is-better labels (DMOS), so that good models read positive."""
+    if higher_is_better:
+        return dict(metrics)
+    flipped = dict(metrics)
+    for key in ("srcc", "plcc", "krcc"):
+        flipped[key] = -metrics[key]
+    return flipped

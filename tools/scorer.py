@@ -1,0 +1,153 @@
+"""Score images with a NAR-student against non-aligned HQ references — the importable scoring API.
+
+    scorer = IQAScorer("model_zoo/NAR_student_cross_dataset.pth", references="dataset/DIV2K_ref/val_HR")
+    scores = scorer.score(["a.png", "b.jpg"])        # paths, PIL images or [3, H, W] tensors in [0, 1]
+
+The reference crops are drawn once (one reference image and `self_patch_num` crops per repeat) and the
+reference branch of the network is computed once for all images; LQ images are scored in batches.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dataloaders import list_reference_images, load_rgb
+from dataloaders.sampling import fit_patch_size, independent_patches, to_normalized_tensor
+from models.DistillationIQA import DistillationIQANet
+from tools.errors import UserError
+
+ImageInput = str | os.PathLike | Image.Image | torch.Tensor
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def expand_image_paths(items: Sequence[str | os.PathLike], what: str) -> list[Path]:
+    """Files as given, folders expanded to their images (sorted); a clear error for anything missing."""
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"{what}: folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths += found
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise UserError(f"{what}: no such file or folder: {path}")
+    if not paths:
+        raise UserError(f"{what}: no images given")
+    return paths
+
+
+def _as_array(image: ImageInput, patch_size: int, upscale: bool, name: str) -> np.ndarray:
+    """Any accepted image input -> uint8 H x W x 3 array at least patch_size on each side."""
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        if t.dim() == 2:
+            t = t.unsqueeze(0)
+        if t.dim() != 3 or t.shape[0] not in (1, 3, 4):
+            raise UserError(f"{name}: expected a [3, H, W] tensor with values in [0, 1], got {list(image.shape)}")
+        t = t[:3] if t.shape[0] != 1 else t.expand(3, -1, -1)
+        pil = Image.fromarray((t.float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
+    elif isinstance(image, Image.Image):
+        pil = image if image.mode == "RGB" else image.convert("RGB")
+    else:
+        pil = load_rgb(image)
+    return np.asarray(fit_patch_size(pil, patch_size, upscale, name))
+
+
+class IQAScorer:
+    """NAR-student scoring of images against non-aligned reference images (SPEC §5)."""
+
+    def __init__(self, checkpoint: str | os.PathLike | DistillationIQANet,
+                 references: ImageInput | Sequence[ImageInput], *, self_patch_num: int = 10,
+                 patch_size: int = 224, repeats: int = 10, seed: int = 0, batch_size: int = 8,
+                 device: str | torch.device = "cpu", distillation_layer: int = 18, upscale: bool = False,
+                 autocast_dtype: torch.dtype | None = None, channels_last: bool = True) -> None:
+        if repeats < 1 or batch_size < 1:
+            raise UserError(f"repeats and batch_size must be at least 1 (got {repeats}, {batch_size})")
+        self.device = torch.device(device)
+        self.patch_size, self.repeats, self.seed = patch_size, repeats, seed
+        self.batch_size, self.upscale, self.autocast_dtype = batch_size, upscale, autocast_dtype
+        if isinstance(checkpoint, DistillationIQANet):
+            net = checkpoint
+        else:
+            if not Path(checkpoint).is_file():
+                raise UserError(f"student checkpoint not found: {checkpoint}")
+            net = DistillationIQANet(self_patch_num=self_patch_num, distillation_layer=distillation_layer,
+                                     pretrained=False)
+            net.load_checkpoint(checkpoint)
+        self.net = net.to(self.device).eval()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.net = self.net.to(memory_format=self.memory_format)
+        self.self_patch_num = self.net.self_patch_num
+        self.reference_names, self._ref_codes = self._encode_references(references)
+
+    # Reference crops: repeat r draws one reference and its crops from Generator([seed, 0, r]).
+    def _encode_references(self, references) -> tuple[list[str], list[list[torch.Tensor]]]:
+        if isinstance(references, (str, os.PathLike)):
+            references = list_reference_images(references) if Path(references).is_dir() else [references]
+        elif isinstance(references, (Image.Image, torch.Tensor)):
+            references = [references]
+        references = list(references)
+        if not references:
+            raise UserError("no reference images given")
+        names = [str(r) if isinstance(r, (str, os.PathLike)) else f"reference #{i}" for i, r in enumerate(references)]
+        arrays: dict[int, np.ndarray] = {}
+        codes, used = [], []
+        for r in range(self.repeats):
+            rng = np.random.default_rng([self.seed, 0, r])
+            k = int(rng.integers(len(references)))
+            if k not in arrays:
+                arrays[k] = _as_array(references[k], self.patch_size, self.upscale, names[k])
+            used.append(names[k])
+            patches = independent_patches(arrays[k], rng, self.patch_size, self.self_patch_num)
+            codes.append(self._encode(to_normalized_tensor(patches).unsqueeze(0)))
+        return used, codes
+
+    @torch.inference_mode()
+    def _encode(self, patches: torch.Tensor) -> list[torch.Tensor]:
+        patches = patches.to(self.device)
+        with self._autocast():
+            return self.net.encode_patches(patches)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def lq_patches(self, image: np.ndarray, repeat: int) -> torch.Tensor:
+        """The `[p, 3, s, s]` LQ crops of one image for one repeat (Generator([seed, 1, repeat]))."""
+        rng = np.random.default_rng([self.seed, 1, repeat])
+        return to_normalized_tensor(independent_patches(image, rng, self.patch_size, self.self_patch_num))
+
+    @torch.inference_mode()
+    def score(self, images: ImageInput | Iterable[ImageInput]) -> np.ndarray:
+        """One score per image: the mean of the network's output over `repeats` crop sets."""
+        if isinstance(images, (str, os.PathLike, Image.Image)) or (
+                isinstance(images, torch.Tensor) and images.dim() <= 3):
+            images = [images]
+        if isinstance(images, torch.Tensor):
+            images = list(images)
+        items = list(images)
+        scores = np.zeros(len(items))
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start:start + self.batch_size]
+            arrays = [_as_array(img, self.patch_size, self.upscale,
+                                str(img) if isinstance(img, (str, os.PathLike)) else f"image #{start + i}")
+                      for i, img in enumerate(chunk)]
+            total = torch.zeros(len(chunk), dtype=torch.float64)
+            for r, ref_codes in enumerate(self._ref_codes):
+                lq = torch.stack([self.lq_patches(a, r) for a in arrays]).to(self.device)
+                with self._autocast():
+                    lq_codes = self.net.encode_patches(lq)
+                    _, _, pred = self.net.forward_from_codes(lq_codes, ref_codes)
+                total += pred.float().cpu().double()
+            scores[start:start + len(chunk)] = (total / self.repeats).numpy()
+        return scores

@@ -1,0 +1,131 @@
+"""Runtime helpers shared by the scripts: device, seeding, distributed set-up, logging, mixed precision."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import sys
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from tools.errors import UserError
+
+LOGGER_NAME = "cvrkd"
+
+
+@dataclass
+class DistInfo:
+    distributed: bool = False
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def wants_cpu(gpu_ids: str | None) -> bool:
+    return gpu_ids is None or str(gpu_ids).strip().lower() in ("", "cpu", "-1")
+
+
+def select_device(gpu_ids: str | None, local_rank: int | None = None) -> torch.device:
+    """`--gpu_ids`: 'cpu', '-1' or '' -> CPU; otherwise the first id (or LOCAL_RANK under torchrun) on CUDA.
+
+    Without CUDA the CPU is used, with a warning when a GPU was asked for explicitly.
+    """
+    if wants_cpu(gpu_ids):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if str(gpu_ids).strip() != "0":
+            warnings.warn(f"--gpu_ids {gpu_ids}: CUDA is not available, running on the CPU", stacklevel=2)
+        return torch.device("cpu")
+    if local_rank is not None:
+        return torch.device("cuda", local_rank)
+    first = str(gpu_ids).split(",")[0].strip()
+    if not first.isdigit() or int(first) >= torch.cuda.device_count():
+        raise UserError(f"--gpu_ids {gpu_ids}: no such GPU ({torch.cuda.device_count()} available)")
+    return torch.device("cuda", int(first))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def init_distributed(gpu_ids: str | None) -> tuple[DistInfo, torch.device]:
+    """Join the process group when started by torchrun (nccl on GPU, gloo on CPU)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return DistInfo(), select_device(gpu_ids)
+    info = DistInfo(True, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                    int(os.environ.get("LOCAL_RANK", 0)))
+    device = select_device(gpu_ids, local_rank=info.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return info, device
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def setup_logger(log_file: str | None, is_main: bool = True) -> logging.Logger:
+    """Console + file logger; processes other than rank 0 only log warnings."""
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO if is_main else logging.WARNING)
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(console)
+    if log_file and is_main:
+        os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
+    return logger
+
+
+def get_logger() -> logging.Logger:
+    return logging.getLogger(LOGGER_NAME)
+
+
+@dataclass
+class Precision:
+    """Mixed-precision set-up for one device: the autocast dtype (or None) and whether to scale losses."""
+
+    device_type: str
+    dtype: torch.dtype | None
+
+    @property
+    def use_scaler(self) -> bool:
+        return self.device_type == "cuda" and self.dtype == torch.float16
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler(self.device_type, enabled=self.use_scaler)
+
+
+def resolve_precision(amp: str, device: torch.device) -> Precision:
+    """`--amp auto|off|fp16|bf16`: auto is fp16 on CUDA and off (fp32) on CPU."""
+    if amp == "auto":
+        amp = "fp16" if device.type == "cuda" else "off"
+    if amp == "off":
+        return Precision(device.type, None)
+    if amp == "fp16" and device.type != "cuda":
+        raise UserError("--amp fp16 needs a CUDA device; on the CPU use --amp bf16 or --amp off")
+    return Precision(device.type, torch.float16 if amp == "fp16" else torch.bfloat16)

@@ -1,0 +1,28 @@
+"""Train the CVRKD-IQA FR-teacher: distorted image + pixel-aligned HQ reference (SPEC §4).
+
+    python train_DistillationIQA_FR.py --self_patch_num 10 --patch_size 224
+    torchrun --nproc_per_node=4 train_DistillationIQA_FR.py ...
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from option_train_DistillationIQA_FR import set_args
+from tools import engine
+from tools.errors import run_cli
+from tools.utils import cleanup_distributed
+
+
+def main(args: argparse.Namespace) -> dict:
+    run = engine.setup_run(args)
+    try:
+        role = engine.Role(name="FRIQA_teacher", train_mode="lq_hq", test_ref_key="hq")
+        weights = args.teacherNet_model_path  # optional: fine-tune from these weights
+        return engine.train_and_evaluate(run, role, lambda: engine.build_network(args, run.device, weights=weights))
+    finally:
+        cleanup_distributed()
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(set_args()))
