@@ -84,7 +84,8 @@ def build_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int 
     """A DataLoader whose batches depend only on (seed, epoch): call set_loader_epoch() before each epoch.
 
     `distributed=None` detects torchrun (an initialised process group) and shards with DistributedSampler.
-    Workers persist between epochs; memory is pinned when CUDA is available.
+    Workers persist between epochs; memory is pinned when CUDA is available. Note that a distributed
+    sampler pads the shards to equal length by repeating items (also with shuffle=False).
     """
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1 (got {batch_size})")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +180,20 @@ def test_any_image_mode_becomes_8bit_rgb(tmp_path: Path, mode: str) -> None:
                           patch_num=2, ref_paths=[path])
     item = ds[0]
     assert item["lq"].shape == item["ref"].shape == (2, 3, S, S)
+
+
+def test_16bit_rgb_png_is_scaled_not_clipped(tmp_path: Path) -> None:
+    values = (np.arange(6 * 8 * 3).reshape(6, 8, 3) * 1000 % 65536).astype(np.uint16)
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in values)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path = tmp_path / "rgb16.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 6, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    out = np.asarray(dl.load_rgb(path)).astype(int)
+    assert np.abs(out - values / 257.0).max() <= 1.0
 
 
 def _koniq_with(root: Path, image: Path) -> Path:

@@ -38,11 +38,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     _atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
-    """`torch.save` through a temporary file and a rename."""
+def atomic_torch_save(obj: object, *paths: str | os.PathLike) -> None:
+    """`torch.save` to each of `paths` (serialised once), each through a temporary file and a rename."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    _atomic_write_bytes(path, buffer.getvalue())
+    for path in paths:
+        _atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_json(path: str | os.PathLike, obj: object) -> None:

@@ -11,7 +11,7 @@ The photographs are the colour sample photos that scikit-image ships *inside its
 Large photos give several *contents* (non-overlapping crops); a photo never appears in two groups.  The stereo
 twin ``motorcycle_right.png`` is not used because it shows the same scene as ``motorcycle_left.png``.
 
-Layout (exactly the real datasets' conventions, see ``/work/shared/reference/dataset_formats.md``)::
+Layout (exactly the real datasets' conventions, see ``dataset/README.md``)::
 
     <out>/kadid10k/images/I01.png ...                 references (PNG)
     <out>/kadid10k/images/I01_01_01.png ...           I<ref>_<KADID type id>_<level>, two digits each

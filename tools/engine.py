@@ -426,10 +426,8 @@ def _train_round(run: Run, role: Role, build_model, train_loader, test_sets, rou
                 "per_dataset_best": per_dataset_best, "history": history, "rounds": finished_rounds,
             }
             models_dir = args.model_checkpoint_dir
-            ckpt.atomic_torch_save(checkpoint, os.path.join(models_dir, f"{role.name}{suffix}_{epoch}.pth"))
-            if improved:
-                ckpt.atomic_torch_save(checkpoint, os.path.join(models_dir, f"best{suffix}.pth"))
-            ckpt.atomic_torch_save(checkpoint, os.path.join(models_dir, "last.pth"))
+            names = [f"{role.name}{suffix}_{epoch}.pth", "last.pth"] + ([f"best{suffix}.pth"] if improved else [])
+            ckpt.atomic_torch_save(checkpoint, *(os.path.join(models_dir, name) for name in names))
             ckpt.write_csv(os.path.join(args.result_checkpoint_dir, "metrics.csv"), history)
         if run.dist.distributed:
             dist.barrier()

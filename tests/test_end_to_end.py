@@ -1,0 +1,221 @@
+"""The whole method through the real command lines on generated data (tiny patches, 2 per sample).
+
+teacher -> exact resume -> student with KD -> test (rounds, CSV, plots) -> single-image scoring,
+and a 2-process torchrun (gloo) teacher epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.dataset_fixtures import make_kadid, make_koniq, make_ref_pool, make_tid2013, write_image
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--patch_size", "32", "--self_patch_num", "2", "--distillation_layer", "4", "--pretrained", "false",
+         "--gpu_ids", "cpu", "--num_workers", "0", "--seed", "1"]
+pytestmark = pytest.mark.slow
+
+
+def run_script(script: str, *args: str, cwd: Path, ok: bool = True, env: dict | None = None,
+               launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, *(launcher or []), str(ROOT / script), *args]
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=full_env)
+    if ok:
+        assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("e2e")
+    data = work / "dataset"
+    make_kadid(data / "kadid10k", n_refs=3, n_types=2, n_levels=2)
+    make_tid2013(data / "TID2013", n_refs=2)
+    make_koniq(data / "koniq-10k", n=5)
+    make_ref_pool(data / "DIV2K_ref" / "train_HR", n=2)
+    make_ref_pool(data / "DIV2K_ref" / "val_HR", n=2)
+    return work
+
+
+def teacher_args(checkpoint_dir: str, epochs: int, *extra: str) -> list[str]:
+    return [*SMALL, "--batch_size", "4", "--epochs", str(epochs), "--checkpoint_dir", checkpoint_dir,
+            "--test_datasets", "tid2013,live", *extra]
+
+
+def model_state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def teacher_run(workdir):
+    result = run_script("train_DistillationIQA_FR.py", *teacher_args("teacher", 2), cwd=workdir)
+    return workdir / "teacher", result
+
+
+def test_teacher_writes_checkpoints_logs_and_metrics(teacher_run):
+    folder, result = teacher_run
+    models = folder / "models"
+    assert sorted(p.name for p in models.iterdir()) == \
+        ["FRIQA_teacher_0.pth", "FRIQA_teacher_1.pth", "best.pth", "last.pth"]
+    assert "test dataset live not found at" in result.stdout  # missing test sets are skipped, named
+    with open(folder / "results" / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert {"loss", "train_srcc", "tid2013_srcc", "tid2013_plcc", "tid2013_krcc"} <= set(rows[0])
+    checkpoint = torch.load(models / "last.pth", map_location="cpu", weights_only=True)
+    assert {"model", "optimizer", "scaler", "epoch", "rng", "args", "metrics"} <= set(checkpoint)
+    assert checkpoint["epoch"] == 1 and checkpoint["args"]["seed"] == 1
+    assert "epoch 1" in (folder / "log" / "log.txt").read_text()
+    assert (folder / "setting.txt").read_text().startswith("------------ Options")
+    summary = json.loads((folder / "results" / "summary.json").read_text())
+    assert summary["protocol"] == "cross-dataset" and "tid2013" in summary["rounds"][0]["last"]
+
+
+def test_resume_is_bit_identical(workdir, teacher_run):
+    folder, _ = teacher_run
+    run_script("train_DistillationIQA_FR.py", *teacher_args("resumed", 1), cwd=workdir)
+    run_script("train_DistillationIQA_FR.py", *teacher_args("resumed", 2, "--resume"), cwd=workdir)
+    straight, resumed = model_state(folder / "models" / "last.pth"), model_state(workdir / "resumed/models/last.pth")
+    assert straight.keys() == resumed.keys()
+    different = [k for k in straight if not torch.equal(straight[k], resumed[k])]
+    assert different == []
+    # and training did change the heads (the comparison is not between two untouched networks)
+    first = model_state(folder / "models" / "FRIQA_teacher_0.pth")
+    assert not torch.equal(first["regressor.l1.weight"], straight["regressor.l1.weight"])
+
+
+@pytest.fixture(scope="module")
+def student_run(workdir, teacher_run):
+    teacher = str(teacher_run[0] / "models" / "best.pth")
+    result = run_script("train_DistillationIQA.py", *SMALL, "--batch_size", "4", "--epochs", "1",
+                        "--checkpoint_dir", "student", "--teacherNet_model_path", teacher,
+                        "--test_datasets", "tid2013,koniq-10k", cwd=workdir)
+    return workdir / "student", result
+
+
+def test_student_trains_with_kd(student_run):
+    folder, _ = student_run
+    with open(folder / "results" / "metrics.csv") as handle:
+        row = next(csv.DictReader(handle))
+    assert float(row["feature_loss"]) > 0
+    assert {"tid2013_srcc", "koniq-10k_srcc"} <= set(row)
+    assert (folder / "models" / "NAR_student_0.pth").is_file()
+
+
+def test_student_needs_the_teacher(workdir):
+    result = run_script("train_DistillationIQA.py", *SMALL, "--epochs", "1", "--checkpoint_dir", "nostudent",
+                        "--teacherNet_model_path", "model_zoo/missing.pth", cwd=workdir, ok=False)
+    assert result.returncode == 2
+    assert "teacher checkpoint not found: model_zoo/missing.pth" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_test_script_rounds_csv_and_plots(workdir, student_run, teacher_run):
+    student = str(student_run[0] / "models" / "best.pth")
+    teacher = str(teacher_run[0] / "models" / "best.pth")
+    args = [*SMALL, "--studentNet_model_path", student, "--teacherNet_model_path", teacher, "--test_rounds", "3",
+            "--test_datasets", "tid2013,koniq-10k", "--checkpoint_dir", "tested", "--plot", "plots"]
+    first = run_script("test_DistillationIQA.py", *args, cwd=workdir)
+    with open(workdir / "tested" / "results" / "test_results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    student_tid = [r for r in rows if r["model"] == "student" and r["dataset"] == "tid2013"]
+    assert [r["round"] for r in student_tid] == ["0", "1", "2", "mean", "std"]
+    assert {(r["model"], r["dataset"]) for r in rows} == \
+        {("student", "tid2013"), ("student", "koniq-10k"), ("teacher", "tid2013")}
+    assert "± " in first.stdout
+    assert sorted(p.name for p in (workdir / "plots").iterdir()) == \
+        ["student_koniq-10k.png", "student_tid2013.png", "teacher_tid2013.png"]
+    assert (workdir / "plots" / "student_tid2013.png").read_bytes()[:4] == b"\x89PNG"
+    run_script("test_DistillationIQA.py", *args[:-4], "--checkpoint_dir", "tested_again", cwd=workdir)
+    again = list(csv.DictReader(open(workdir / "tested_again" / "results" / "test_results.csv")))
+    assert len(again) == len(rows)
+    for a, b in zip(again, rows):  # seeded: the same crops and references, so the same metrics
+        assert (a["model"], a["dataset"], a["round"]) == (b["model"], b["dataset"], b["round"])
+        for key in ("srcc", "plcc", "krcc"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-6, abs=1e-9)
+
+
+def test_single_image_scoring(workdir, student_run):
+    student = str(student_run[0] / "models" / "best.pth")
+    base = [*SMALL, "--studentNet_model_path", student, "--repeats", "2", "--dataset_dir", "dataset"]
+    grey, rgba = workdir / "odd" / "grey.png", workdir / "odd" / "rgba.png"
+    write_image(grey, (40, 36))
+    from PIL import Image
+    Image.open(grey).convert("L").save(grey)
+    Image.open(grey).convert("RGBA").save(rgba)
+    out = workdir / "scores.csv"
+    result = run_script("test_DistillationIQA_single.py", *base, "--lq", "dataset/TID2013/distorted_images",
+                        str(grey), str(rgba), "--output", str(out), cwd=workdir)
+    with open(out) as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 12 + 2 and rows[-1]["image"].endswith("rgba.png")
+    assert all(r["image"] in result.stdout for r in rows)
+    json_out = workdir / "scores.json"
+    run_script("test_DistillationIQA_single.py", *base, "--lq", str(grey), "--output", str(json_out), cwd=workdir)
+    assert json.loads(json_out.read_text())[0]["score"] == pytest.approx(float(rows[-2]["score"]), rel=1e-6)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing_image", "--lq: no such file or folder: nothing.png"),
+    ("corrupt_image", "broken.png"),
+    ("too_small", "smaller than the patch size"),
+    ("empty_refs", "holds no images"),
+    ("missing_checkpoint", "student checkpoint not found: nowhere.pth"),
+    ("bad_output", "expected a file name ending in .csv or .json"),
+])
+def test_single_refuses_bad_input_without_traceback(workdir, student_run, case, expected):
+    student = str(student_run[0] / "models" / "best.pth")
+    (workdir / "empty").mkdir(exist_ok=True)
+    (workdir / "broken.png").write_bytes(b"\x89PNG not really")
+    write_image(workdir / "tiny.png", (20, 20))
+    lq, ref, ckpt, extra = "dataset/koniq-10k/1024x768", "dataset/DIV2K_ref/val_HR", student, []
+    if case == "missing_image":
+        lq = "nothing.png"
+    elif case == "corrupt_image":
+        lq = "broken.png"
+    elif case == "too_small":
+        lq = "tiny.png"
+    elif case == "empty_refs":
+        ref = "empty"
+    elif case == "missing_checkpoint":
+        ckpt = "nowhere.pth"
+    else:
+        extra = ["--output", "scores.txt"]
+    result = run_script("test_DistillationIQA_single.py", *SMALL, "--studentNet_model_path", ckpt, "--lq", lq,
+                        "--ref", ref, "--repeats", "1", *extra, cwd=workdir, ok=False)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr and "Traceback" not in result.stderr
+
+
+def test_torchrun_two_processes_gloo(workdir):
+    """2 processes (gloo) train one epoch, rank 0 writes once, and the weights equal a 1-process run."""
+    common = [*SMALL, "--batch_size", "4", "--epochs", "1", "--test_datasets", "tid2013", "--freeze_backbone_bn"]
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
+    run_script("train_DistillationIQA_FR.py", *common, "--checkpoint_dir", "ddp", cwd=workdir, launcher=launcher)
+    models = workdir / "ddp" / "models"
+    assert sorted(p.name for p in models.iterdir()) == ["FRIQA_teacher_0.pth", "best.pth", "last.pth"]
+    log = (workdir / "ddp" / "log" / "log.txt").read_text()
+    assert log.count("round 1 epoch 0:") == 1 and "world size 2" in log
+    run_script("train_DistillationIQA_FR.py", *common, "--checkpoint_dir", "single", cwd=workdir)
+    ddp, single = model_state(models / "last.pth"), model_state(workdir / "single/models/last.pth")
+    # Equal up to float error: Adam divides each gradient by its own magnitude, so the odd element whose
+    # gradient is ~0 may move by up to one step (lr * lr_ratio = 2e-4) differently; all others agree to 1e-6.
+    close = total = 0
+    for key in single:
+        diff = (ddp[key].double() - single[key].double()).abs()
+        assert diff.max() <= 3 * 2e-4, key
+        close += int((diff <= 1e-6).sum())
+        total += diff.numel()
+    assert close / total > 0.9999
+    losses = [next(csv.DictReader(open(workdir / name / "results" / "metrics.csv")))["loss"]
+              for name in ("ddp", "single")]
+    assert float(losses[0]) == pytest.approx(float(losses[1]), rel=1e-5)

@@ -1,0 +1,118 @@
+"""The shared loop: schedule, optimiser groups, KD loss, evaluation without autograd, batch invariance."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from dataloaders import build_dataset, build_loader
+from models.DistillationIQA import DistillationIQANet
+from tests.dataset_fixtures import make_ref_pool, make_tid2013
+from tools import engine
+from tools.utils import DistInfo, resolve_precision
+
+
+def tiny_net(seed: int = 0) -> DistillationIQANet:
+    torch.manual_seed(seed)
+    return DistillationIQANet(self_patch_num=2, MLP_depth=1, distillation_layer=2, pretrained=False)
+
+
+def test_schedule_is_the_originals_compounding_one():
+    lr, ratio = 1e-3, 10.0
+    seen = []
+    for epoch in range(24):
+        lr, ratio = engine.next_schedule(lr, ratio, epoch, update_opt_epoch=10)
+        seen.append((lr, ratio))
+    # epochs 0-9 unchanged; from epoch 10 the division by 10 compounds every epoch; 20+ by 100
+    assert seen[9] == (1e-3, 10.0)
+    assert seen[10][0] == pytest.approx(1e-4) and seen[11][0] == pytest.approx(1e-5)
+    assert seen[20][0] == pytest.approx(1e-3 / 10**10 / 100)
+    assert seen[20][1] == 10.0 and seen[21][1] == 1.0  # lr_ratio becomes 1 after epoch 20 (t > 20)
+
+
+def test_optimizer_groups():
+    net = tiny_net()
+    opt = engine.make_optimizer(net, lr=2e-5, lr_ratio=10, weight_decay=5e-4)
+    heads, backbone = opt.param_groups
+    assert heads["lr"] == pytest.approx(2e-4) and backbone["lr"] == pytest.approx(2e-5)
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in net.feature_extractor.parameters()}
+    assert heads["weight_decay"] == 5e-4
+    n_params = sum(1 for _ in net.parameters())
+    assert len(heads["params"]) + len(backbone["params"]) == n_params
+
+
+@pytest.mark.parametrize("kind", ["mse", "l1", "kldiv"])
+def test_kd_loss_zero_for_equal_weights_positive_otherwise(kind):
+    teacher, student = tiny_net(1).eval(), tiny_net(1).train()
+    lq, ref, hq = (torch.randn(2, 2, 3, 32, 32) for _ in range(3))
+    with torch.no_grad():
+        t_diff, _, _ = teacher(lq, hq)
+    student.eval()
+    s_diff, _, _ = student(lq, hq)  # same weights, same inputs
+    assert engine.feature_distillation_loss(s_diff, t_diff, kind).item() == pytest.approx(0.0, abs=1e-6)
+    s_diff, _, _ = student(lq, ref)  # the student's own (non-aligned) reference
+    loss = engine.feature_distillation_loss(s_diff, t_diff, kind)
+    assert loss.item() > 0 and loss.requires_grad
+    other = tiny_net(2).eval()
+    o_diff, _, _ = other(lq, hq)
+    assert engine.feature_distillation_loss(o_diff, t_diff, kind).item() > 0
+    assert len(s_diff) == 2  # distillation_layer 2 -> the last 2 blocks of the difference encoder
+
+
+def test_kd_pairs_every_difference_feature():
+    """All `distillation_layer` difference features are distilled (the original's zip kept only 11)."""
+    net = DistillationIQANet(self_patch_num=1, MLP_depth=9, distillation_layer=18, pretrained=False).eval()
+    x = torch.randn(1, 1, 3, 32, 32)
+    with torch.no_grad():
+        diff, lq, _ = net(x, x + 1)
+    assert len(diff) == 18 and len(lq) == 11
+    with pytest.raises(ValueError, match="18 student features vs 11"):
+        engine.feature_distillation_loss(diff, lq)
+
+
+@pytest.fixture(scope="module")
+def tid_loader_factory(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tid")
+    make_tid2013(root / "TID2013", n_refs=2)
+    refs = make_ref_pool(root / "val_HR", n=2)
+
+    def factory(batch_size: int):
+        dataset = build_dataset("tid2013", root / "TID2013", "lq_hq_ref", patch_size=32, patch_num=2,
+                                ref_paths=refs, seed=3)
+        return build_loader(dataset, batch_size, shuffle=False, seed=3)
+    return factory
+
+
+def _run() -> engine.Run:
+    args = argparse.Namespace()
+    device = torch.device("cpu")
+    return engine.Run(args, DistInfo(), device, resolve_precision("off", device))
+
+
+def test_evaluation_in_batches_equals_one_at_a_time(tid_loader_factory):
+    net = tiny_net(4)
+    pred1, labels1 = engine.predict(net, tid_loader_factory(1), _run(), epoch=0, ref_key="ref")
+    pred5, labels5 = engine.predict(net, tid_loader_factory(5), _run(), epoch=0, ref_key="ref")
+    np.testing.assert_allclose(pred1, pred5, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(labels1, labels5)
+    assert len(pred1) == len(tid_loader_factory(1).dataset)
+    other_round, _ = engine.predict(net, tid_loader_factory(5), _run(), epoch=1, ref_key="ref")
+    assert not np.allclose(pred5, other_round)  # a new round draws new crops and references
+
+
+def test_test_loop_never_builds_autograd_graphs(tid_loader_factory):
+    net = tiny_net(5)
+    seen = []
+
+    def hook(module, inputs, output):
+        seen.append((torch.is_grad_enabled(), output[2].requires_grad, torch.is_inference_mode_enabled()))
+    handle = net.register_forward_hook(hook)
+    try:
+        engine.predict(net.train(), tid_loader_factory(4), _run(), epoch=0, ref_key="ref")
+    finally:
+        handle.remove()
+    assert seen and all(state == (False, False, True) for state in seen)
+    assert not net.training  # evaluation switches to eval mode
