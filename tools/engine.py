@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import statistics
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -152,7 +153,10 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     set_loader_epoch(loader, epoch)
     losses, feature_losses, preds, labels = [], [], [], []
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=None if run.dist.is_main else True, leave=False)
+    data_time, start = 0.0, time.perf_counter()
+    tick = start
     for step, batch in enumerate(bar, start=1):
+        data_time += time.perf_counter() - tick
         lq, label = _to(batch, "lq", run.device), _to(batch, "label", run.device).float()
         ref = _to(batch, "hq" if teacher is None else "ref", run.device)
         with run.precision.autocast():
@@ -174,10 +178,14 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if step % net_print == 0:
             logger.info(f"epoch {epoch} iter {step}: loss {np.mean(losses[-net_print:]):.4f}")
+        tick = time.perf_counter()  # loss.item() above waited for the device
+    elapsed = time.perf_counter() - start
     pred_all, label_all = _gather(torch.cat(preds) if preds else torch.zeros(0), run.dist), \
         _gather(torch.cat(labels) if labels else torch.zeros(0), run.dist)
     srcc = compute_metrics(pred_all, label_all, fit=False)["srcc"] if len(pred_all) > 1 else float("nan")
-    result = {"loss": _mean_across(losses, run.dist), "train_srcc": srcc}
+    result = {"loss": _mean_across(losses, run.dist), "train_srcc": srcc,
+              "samples_per_s": len(pred_all) / elapsed if elapsed else float("nan"),
+              "data_share": data_time / elapsed if elapsed else float("nan")}
     if teacher is not None:
         result["feature_loss"] = _mean_across(feature_losses, run.dist)
     return result
@@ -414,7 +422,8 @@ def _train_round(run: Run, role: Role, build_model, train_loader, test_sets, rou
             if name not in per_dataset_best or m["srcc"] > per_dataset_best[name]["srcc"]:
                 per_dataset_best[name] = {**m, "epoch": epoch}
         logger.info(f"round {round_index + 1} epoch {epoch}: loss {stats['loss']:.4f} "
-                    f"train SRCC {stats['train_srcc']:.4f}  {_format_metrics(results)}")
+                    f"train SRCC {stats['train_srcc']:.4f}  {_format_metrics(results)}  "
+                    f"[{stats['samples_per_s']:.1f} samples/s, {100 * stats['data_share']:.0f}% waiting for data]")
 
         lr, lr_ratio = next_schedule(lr, lr_ratio, epoch, args.update_opt_epoch)
         optimizer = make_optimizer(model, lr, lr_ratio, args.weight_decay)  # rebuilt each epoch, as the original

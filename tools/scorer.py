@@ -87,10 +87,12 @@ class IQAScorer:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = self.net.to(memory_format=self.memory_format)
         self.self_patch_num = self.net.self_patch_num
-        self.reference_names, self._ref_codes = self._encode_references(references)
+        self.reference_names, self.reference_patches = self._reference_crops(references)
+        self._ref_codes = [self._encode(patches) for patches in self.reference_patches]
 
     # Reference crops: repeat r draws one reference and its crops from Generator([seed, 0, r]).
-    def _encode_references(self, references) -> tuple[list[str], list[list[torch.Tensor]]]:
+    def _reference_crops(self, references) -> tuple[list[str], list[torch.Tensor]]:
+        """For each repeat: the reference image used and its `[1, p, 3, s, s]` crops."""
         if isinstance(references, (str, os.PathLike)):
             references = list_reference_images(references) if Path(references).is_dir() else [references]
         elif isinstance(references, (Image.Image, torch.Tensor)):
@@ -100,7 +102,7 @@ class IQAScorer:
             raise UserError("no reference images given")
         names = [str(r) if isinstance(r, (str, os.PathLike)) else f"reference #{i}" for i, r in enumerate(references)]
         arrays: dict[int, np.ndarray] = {}
-        codes, used = [], []
+        crops, used = [], []
         for r in range(self.repeats):
             rng = np.random.default_rng([self.seed, 0, r])
             k = int(rng.integers(len(references)))
@@ -108,8 +110,8 @@ class IQAScorer:
                 arrays[k] = _as_array(references[k], self.patch_size, self.upscale, names[k])
             used.append(names[k])
             patches = independent_patches(arrays[k], rng, self.patch_size, self.self_patch_num)
-            codes.append(self._encode(to_normalized_tensor(patches).unsqueeze(0)))
-        return used, codes
+            crops.append(to_normalized_tensor(patches).unsqueeze(0))
+        return used, crops
 
     @torch.inference_mode()
     def _encode(self, patches: torch.Tensor) -> list[torch.Tensor]:
