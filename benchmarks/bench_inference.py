@@ -119,8 +119,8 @@ def bf16_supported(device) -> bool:
 
 def process_timing(workdir: Path, lq_dir: Path, ref: Path, checkpoint: Path, runs: int) -> tuple[float, float]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    fast_cmd = [sys.executable, str(ROOT / "test_DistillationIQA_single.py"), "--lq", str(lq_dir), "--ref", str(ref),
-                "--repeats", "1", "--studentNet_model_path", str(checkpoint), "--gpu_ids", "cpu",
+    fast_cmd = [sys.executable, str(ROOT / "test_DistillationIQA_single.py"), "--lq", str(lq_dir),
+                "--ref", str(ref), "--repeats", "1", "--studentNet_model_path", str(checkpoint), "--gpu_ids", "cpu",
                 "--batch_size", "12"]
     plain_cmd = [sys.executable, str(Path(__file__).resolve()), "--plain-process", "--lq", str(lq_dir),
                  "--ref", str(ref), "--checkpoint", str(checkpoint)]
@@ -165,8 +165,8 @@ def main() -> None:
     from tools.scorer import IQAScorer
 
     device = torch.device(args.device)
-    print(f"device: {device} ({torch.backends.cpu.get_cpu_capability() if device.type == 'cpu' else torch.cuda.get_device_name()}),"
-          f" torch {torch.__version__}, threads {torch.get_num_threads()}")
+    kind = torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else torch.cuda.get_device_name()
+    print(f"device: {device} ({kind}), torch {torch.__version__}, threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         lq_paths, ref = make_inputs(tmp, args.images)
@@ -202,7 +202,8 @@ def main() -> None:
         per_image_fast = fast_flops + ref_flops / args.images
         print(f"\nFLOPs per image: plain {plain_flops:.1f} GFLOP (both branches); fast {fast_flops:.1f} GFLOP "
               f"+ reference {ref_flops:.1f} GFLOP once ({per_image_fast:.1f} GFLOP/image over {args.images} images)")
-        print(f"achieved: plain {plain_flops * n / t_plain:.0f} GFLOP/s, fast {per_image_fast * n / t_fast:.0f} GFLOP/s")
+        print(f"achieved: plain {plain_flops * n / t_plain:.0f} GFLOP/s, "
+              f"fast {per_image_fast * n / t_fast:.0f} GFLOP/s")
 
         if not args.no_process and device.type == "cpu":
             checkpoint = tmp / "student.pth"

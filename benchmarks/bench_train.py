@@ -66,12 +66,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "demo"
         build_demo_dataset(data, seed=0)
-        print(f"\n{'role':<8} {'workers':>7} {'samples':>8} {'samples/s':>10} {'steps/s':>8} {'data':>6} {'compute':>8}")
+        header = ("role", "workers", "samples", "samples/s", "steps/s", "data", "compute")
+        print("\n{:<8} {:>7} {:>8} {:>10} {:>8} {:>6} {:>8}".format(*header))
         for role in ("teacher", "student"):
             for workers in args.workers:
                 s = run(role, data, args, workers, device)
-                print(f"{role:<8} {workers:>7} {s['samples']:>8} {s['samples_per_s']:>10.2f} {s['steps_per_s']:>8.2f} "
-                      f"{100 * s['data_share']:>5.0f}% {100 * (1 - s['data_share']):>7.0f}%")
+                print(f"{role:<8} {workers:>7} {s['samples']:>8} {s['samples_per_s']:>10.2f} "
+                      f"{s['steps_per_s']:>8.2f} {100 * s['data_share']:>5.0f}% {100 * (1 - s['data_share']):>7.0f}%")
 
 
 if __name__ == "__main__":
