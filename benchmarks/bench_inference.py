@@ -109,12 +109,9 @@ def count_flops(net, device) -> tuple[float, float, float]:
 
 
 def bf16_supported(device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    except (AttributeError, RuntimeError):
-        return False
+    from tools.utils import cpu_has_native_bf16
+
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
 
 
 def process_timing(workdir: Path, lq_dir: Path, ref: Path, checkpoint: Path, runs: int) -> tuple[float, float]:

@@ -268,10 +268,23 @@ class DistillationIQANet(nn.Module):
         return self.forward_from_codes(self.encode_patches(LQ_patches), self.encode_patches(refHQ_patches))
 
     # ---- checkpoints -------------------------------------------------------------------------------
-    def load_checkpoint(self, path_or_state_dict: str | os.PathLike | Mapping[str, Tensor]) -> dict:
+    @classmethod
+    def from_checkpoint(cls, path_or_state_dict: str | os.PathLike | Mapping[str, Tensor],
+                        **kwargs) -> DistillationIQANet:
+        """Build the network (sizes from `kwargs`) and load a checkpoint, skipping the random initialisation."""
+        if kwargs.setdefault("pretrained", False) is not False:
+            raise ValueError("from_checkpoint takes every weight from the checkpoint: pretrained must be False")
+        with torch.device("meta"):
+            net = cls(**kwargs)
+        net.load_checkpoint(path_or_state_dict, assign=True)
+        return net
+
+    def load_checkpoint(self, path_or_state_dict: str | os.PathLike | Mapping[str, Tensor],
+                        assign: bool = False) -> dict:
         """Load the authors' released files, DataParallel/DDP files, or this project's checkpoints.
 
         Returns the whole checkpoint dict (for this project's files: epoch, options, metrics ...).
+        `assign=True` takes the checkpoint's tensors as they are (for a network built on the meta device).
         Raises `UserError` naming the problem: missing file, not a checkpoint, wrong keys, other self_patch_num.
         """
         where = "the given state dict"
@@ -297,7 +310,7 @@ class DistillationIQANet(nn.Module):
                  for k in own if state[k].shape != own[k].shape]
         if wrong:
             raise UserError(f"{where} has tensors of other shapes: {_short_list(wrong)}")
-        self.load_state_dict(state, strict=True)
+        self.load_state_dict(state, strict=True, assign=assign)
         return checkpoint
 
     def _check_patch_num(self, state: Mapping[str, Tensor], where: str) -> None:

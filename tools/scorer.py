@@ -9,6 +9,7 @@ reference branch of the network is computed once for all images; LQ images are s
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from dataloaders import list_reference_images, load_rgb
 from dataloaders.sampling import fit_patch_size, independent_patches, to_normalized_tensor
@@ -43,6 +46,19 @@ def expand_image_paths(items: Sequence[str | os.PathLike], what: str) -> list[Pa
     if not paths:
         raise UserError(f"{what}: no images given")
     return paths
+
+
+def fold_batchnorm(backbone: nn.Module) -> None:
+    """Fold each eval-mode BatchNorm of the ResNet into the convolution before it (inference only)."""
+    pairs = [(backbone, "conv1", "bn1")]
+    for layer in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4):
+        for block in layer:
+            pairs += [(block, "conv1", "bn1"), (block, "conv2", "bn2"), (block, "conv3", "bn3")]
+            if block.downsample is not None:
+                pairs.append((block.downsample, "0", "1"))
+    for parent, conv, bn in pairs:
+        setattr(parent, conv, fuse_conv_bn_eval(getattr(parent, conv), getattr(parent, bn)))
+        setattr(parent, bn, nn.Identity())
 
 
 def _as_array(image: ImageInput, patch_size: int, upscale: bool, name: str) -> np.ndarray:
@@ -76,14 +92,15 @@ class IQAScorer:
         self.patch_size, self.repeats, self.seed = patch_size, repeats, seed
         self.batch_size, self.upscale, self.autocast_dtype = batch_size, upscale, autocast_dtype
         if isinstance(checkpoint, DistillationIQANet):
-            net = checkpoint
+            net = copy.deepcopy(checkpoint)  # the caller's network stays as it is
         else:
             if not Path(checkpoint).is_file():
                 raise UserError(f"student checkpoint not found: {checkpoint}")
-            net = DistillationIQANet(self_patch_num=self_patch_num, distillation_layer=distillation_layer,
-                                     pretrained=False)
-            net.load_checkpoint(checkpoint)
-        self.net = net.to(self.device).eval()
+            net = DistillationIQANet.from_checkpoint(checkpoint, self_patch_num=self_patch_num,
+                                                     distillation_layer=distillation_layer)
+        net.eval()
+        fold_batchnorm(net.feature_extractor)
+        self.net = net.to(self.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = self.net.to(memory_format=self.memory_format)
         self.self_patch_num = self.net.self_patch_num
