@@ -76,13 +76,12 @@ def build_network(args: argparse.Namespace, device: torch.device, *, weights: st
 
     With a checkpoint the backbone is not fetched separately (the checkpoint holds it).
     """
-    if pretrained is None:
-        pretrained = False if weights else args.pretrained
-    model = DistillationIQANet(self_patch_num=args.self_patch_num, distillation_layer=args.distillation_layer,
-                               pretrained=pretrained,
-                               backbone_bn_eval=getattr(args, "freeze_backbone_bn", False))
+    sizes = {"self_patch_num": args.self_patch_num, "distillation_layer": args.distillation_layer,
+             "backbone_bn_eval": getattr(args, "freeze_backbone_bn", False)}
     if weights:
-        model.load_checkpoint(weights)
+        model = DistillationIQANet.from_checkpoint(weights, **sizes)
+    else:
+        model = DistillationIQANet(pretrained=args.pretrained if pretrained is None else pretrained, **sizes)
     if getattr(args, "print_netC", False):
         get_logger().info(str(model))
     return model.to(device)
