@@ -196,6 +196,21 @@ def test_single_refuses_bad_input_without_traceback(workdir, student_run, case, 
     assert expected in result.stderr and "Traceback" not in result.stderr
 
 
+def test_within_dataset_protocol(workdir):
+    """--train_dataset X --test_dataset X: content splits, --train_test_num rounds, the median reported."""
+    make_tid2013(workdir / "within" / "TID2013", n_refs=5)  # 5 contents -> 4 train / 1 test per round
+    result = run_script("train_DistillationIQA_FR.py", *SMALL, "--batch_size", "4", "--epochs", "1",
+                        "--dataset_dir", "within", "--train_dataset", "tid2013", "--test_dataset", "tid2013",
+                        "--train_test_num", "2", "--checkpoint_dir", "within_run", cwd=workdir)
+    summary = json.loads((workdir / "within_run" / "results" / "summary.json").read_text())
+    assert summary["protocol"] == "within-dataset" and len(summary["rounds"]) == 2
+    srcc = [r["best_per_dataset"]["tid2013"]["srcc"] for r in summary["rounds"]]
+    assert summary["median"]["tid2013"]["srcc"] == pytest.approx(sorted(srcc)[0] / 2 + sorted(srcc)[1] / 2)
+    assert "round 1/2: 24 training samples" in result.stdout and "round 2/2: 24 training samples" in result.stdout
+    models = sorted(p.name for p in (workdir / "within_run" / "models").iterdir())
+    assert {"best_r1.pth", "best_r2.pth", "FRIQA_teacher_r1_0.pth", "FRIQA_teacher_r2_0.pth", "last.pth"} <= set(models)
+
+
 def test_torchrun_two_processes_gloo(workdir):
     """2 processes (gloo) train one epoch, rank 0 writes once, and the weights equal a 1-process run."""
     common = [*SMALL, "--batch_size", "4", "--epochs", "1", "--test_datasets", "tid2013", "--freeze_backbone_bn"]

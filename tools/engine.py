@@ -329,8 +329,7 @@ def train_and_evaluate(run: Run, role: Role, build_model: Callable[[], Distillat
     for round_index in range(len(finished_rounds), rounds):
         train_ids = test_ids = None
         if within:
-            total = build_dataset(args.train_dataset, train_root, "lq", patch_size=args.patch_size,
-                                  patch_num=1, upscale=True).num_contents
+            total = dataset_class(args.train_dataset).read_index(train_root)[1]
             train_ids, test_ids = split_contents(total, 0.8, seed=args.seed + round_index)
         train_set = build_dataset(args.train_dataset, train_root, role.train_mode, patch_size=args.patch_size,
                                   patch_num=args.self_patch_num, train=True, content_ids=train_ids,
