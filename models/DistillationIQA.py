@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torchvision.models import ResNet50_Weights
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from tools.checkpoint import safe_torch_load
 from tools.errors import UserError
 
 STAGE_CHANNELS = (256, 512, 1024, 2048)
@@ -80,7 +81,7 @@ def load_backbone_weights(backbone: ResNet50Backbone, pretrained: bool | str | o
         path = Path(pretrained)
         if not path.is_file():
             raise UserError(f"backbone weights file not found: {path} (expected a torchvision ResNet-50 state dict)")
-        state = _safe_torch_load(path)
+        state = safe_torch_load(path)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     result = backbone.load_state_dict(state, strict=False)
@@ -295,7 +296,7 @@ class DistillationIQANet(nn.Module):
             where = str(path)
             if not path.is_file():
                 raise UserError(f"checkpoint not found: {path}")
-            checkpoint = _safe_torch_load(path)
+            checkpoint = safe_torch_load(path)
         state = extract_state_dict(checkpoint, where)
         self._check_patch_num(state, where)
         own = self.state_dict()
@@ -327,16 +328,6 @@ class DistillationIQANet(nn.Module):
                 f"{where} was made with self_patch_num={needed}, but the network was built with "
                 f"self_patch_num={self.self_patch_num}: pass --self_patch_num {needed}"
             )
-
-
-def _safe_torch_load(path: Path) -> object:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(
-            f"{path} is not a checkpoint that can be loaded safely (torch.load with weights_only=True failed: "
-            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-        ) from None
 
 
 def extract_state_dict(checkpoint: object, where: str = "checkpoint") -> dict[str, Tensor]:

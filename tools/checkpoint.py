@@ -100,15 +100,23 @@ def set_rng_state(state: Mapping) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def safe_torch_load(path: str | os.PathLike, context: str = "") -> object:
+    """`torch.load(weights_only=True)` on the CPU; a file it refuses becomes a `UserError` naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(
+            f"{context}{path} is not a checkpoint that can be loaded safely (torch.load with weights_only=True "
+            f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
+
+
 def load_training_checkpoint(path: str | os.PathLike) -> dict:
     """Read one of this project's training checkpoints (for `--resume`), safely."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--resume: checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"--resume: {path} is not a checkpoint that can be loaded safely ({err})") from None
+    checkpoint = safe_torch_load(path, context="--resume: ")
     needed = {"model", "optimizer", "epoch"}
     if not isinstance(checkpoint, dict) or not needed <= set(checkpoint):
         raise UserError(f"--resume: {path} is not a training checkpoint of this project "

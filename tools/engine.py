@@ -70,8 +70,7 @@ def setup_run(args: argparse.Namespace, *, write_options: bool = True) -> Run:
     return Run(args, info, device, precision)
 
 
-def build_network(args: argparse.Namespace, device: torch.device, *, weights: str | None = None,
-                  pretrained: bool | str | None = None) -> DistillationIQANet:
+def build_network(args: argparse.Namespace, device: torch.device, *, weights: str | None = None) -> DistillationIQANet:
     """A `DistillationIQANet` at the options' sizes; from `weights` (a checkpoint) when given.
 
     With a checkpoint the backbone is not fetched separately (the checkpoint holds it).
@@ -81,7 +80,7 @@ def build_network(args: argparse.Namespace, device: torch.device, *, weights: st
     if weights:
         model = DistillationIQANet.from_checkpoint(weights, **sizes)
     else:
-        model = DistillationIQANet(pretrained=args.pretrained if pretrained is None else pretrained, **sizes)
+        model = DistillationIQANet(pretrained=args.pretrained, **sizes)
     if getattr(args, "print_netC", False):
         get_logger().info(str(model))
     return model.to(device)
