@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dataloaders.__main__ import main
-from tests.dataset_fixtures import MAKERS, make_kadid, make_koniq, make_ref_pool, make_tid2013
+from tests.dataset_fixtures import MAKERS, make_kadid, make_koniq, make_ref_pool, make_tid2013, write_image
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = {"dataset", "references", "images", "label_min", "label_max", "missing", "unreadable", "usable",
@@ -89,3 +89,29 @@ def test_cli_bad_root_and_label_file_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"label file not found: {tmp_path / 'k/dmos.csv'}" in report["error"]
     assert report["images"] == 0 and report["missing"] == []
+
+
+def test_check_quick_reads_headers_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file whose header is intact but whose pixels are cut off passes --quick and fails the full check."""
+    make_kadid(tmp_path, n_refs=1, n_types=1, n_levels=2)
+    truncated = tmp_path / "images/I01_01_02.png"
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    args = ["--dataset", "kadid10k", "--root", str(tmp_path), "--patch_size", "32"]
+    status, report = run_json(capsys, *args, "--quick")
+    assert status == 0 and report["usable"] and report["unreadable"] == []
+    status, report = run_json(capsys, *args)
+    assert status == 1 and [u["path"] for u in report["unreadable"]] == [str(truncated)]
+
+
+def test_check_reports_lq_and_reference_of_other_sizes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_kadid(tmp_path, n_refs=2, n_types=1, n_levels=1)
+    odd = write_image(tmp_path / "images/I02_01_01.png", (60, 48))  # its reference I02.png is 64x48
+    args = ["--dataset", "kadid10k", "--root", str(tmp_path), "--patch_size", "32"]
+    status, report = run_json(capsys, *args)
+    assert status == 1 and not report["usable"]
+    assert report["size_mismatch"] == [{"lq": str(odd), "hq": str(tmp_path / "images/I02.png")}]
+    assert report["missing"] == report["unreadable"] == report["too_small"] == []
+    status = main(["check", *args])
+    text = capsys.readouterr().out
+    assert status == 1 and f"size mismatch: {odd} vs its reference {tmp_path / 'images/I02.png'}" in text

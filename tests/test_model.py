@@ -157,16 +157,71 @@ def test_shared_reference_codes_equal_full_forward(small_net):
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
 
 
-def test_initialisation_follows_the_original():
+def _std_tolerance(n: int, uniform: bool = False) -> float:
+    """Relative tolerance on a sample std of n draws: 3 %, or 5 standard errors for small tensors.
+
+    The standard error of a sample std is sqrt((kurtosis - 1) / (4 n)) relative: 1/sqrt(2n) for a normal
+    distribution (kurtosis 3), sqrt(0.2/n) for a uniform one (kurtosis 1.8).
+    """
+    return max(0.03, 5 * ((0.8 if uniform else 2.0) / (4 * n)) ** 0.5)
+
+
+def _check_kaiming(name: str, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Kaiming-normal (fan_in, gain sqrt(2)) x 0.1: std 0.1 * sqrt(2 / fan_in), mean 0, normal; bias 0."""
+    fan_in = weight[0].numel()
+    expected = 0.1 * (2 / fan_in) ** 0.5
+    assert weight.std().item() == pytest.approx(expected, rel=_std_tolerance(weight.numel())), name
+    assert abs(weight.mean().item()) < 5 * expected / weight.numel() ** 0.5, name
+    if weight.numel() >= 4096:  # normal tails, not a uniform init of that std (P(max < 3 std) < 1e-4 here)
+        assert weight.abs().max().item() > 3 * expected, name
+    assert bias is not None and torch.count_nonzero(bias) == 0, name
+
+
+def _check_torch_default_conv1d(name: str, conv: torch.nn.Conv1d) -> None:
+    """PyTorch's default: weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)), std 1/sqrt(3 fan_in)."""
+    fan_in = conv.in_channels * conv.kernel_size[0]
+    bound = fan_in**-0.5
+    for what, tensor in (("weight", conv.weight), ("bias", conv.bias)):
+        assert tensor.abs().max().item() <= bound, f"{name}.{what}"
+        assert tensor.std().item() == pytest.approx((3 * fan_in) ** -0.5,
+                                                    rel=_std_tolerance(tensor.numel(), uniform=True)), f"{name}.{what}"
+    assert conv.weight.abs().max().item() > 0.95 * bound, name  # fills the interval (uniform, not normal)
+
+
+def test_initialisation_follows_the_original(default_net):
+    """Every head: lda convs, both mixers (embedding, channel-mixing Linears), regressor; token-mixing Conv1d."""
+    checked = {"kaiming": 0, "conv1d": 0}
+    for head in [f"lda{i}_process" for i in range(1, 5)] + ["MLP_encoder_lq", "MLP_encoder_diff", "regressor"]:
+        for name, module in getattr(default_net, head).named_modules():
+            full = f"{head}.{name}"
+            if isinstance(module, torch.nn.Conv1d):
+                _check_torch_default_conv1d(full, module)
+                checked["conv1d"] += 1
+            elif isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                _check_kaiming(full, module.weight, module.bias)
+                checked["kaiming"] += 1
+            elif isinstance(module, torch.nn.LayerNorm):
+                assert torch.all(module.weight == 1) and torch.all(module.bias == 0), full
+    # 4 lda convs; per mixer an embedding and 2 Linears per block (9 + 18 blocks); regressor l1, l2.
+    # Token mixing: 2 Conv1d per block.
+    assert checked == {"kaiming": 4 + 2 + 2 * 27 + 2, "conv1d": 2 * 27}
+    for module in default_net.feature_extractor.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            assert torch.all(module.weight == 1) and torch.all(module.bias == 0)
+
+
+def test_train_mode_backbone_sees_lq_and_reference_as_separate_batches():
+    """Train-mode BatchNorm normalises the LQ batch and the reference batch each with its own statistics."""
     torch.manual_seed(0)
-    net = DistillationIQANet(pretrained=False)
-    w = net.MLP_encoder_diff.mlp[1].weight  # Linear 2560 -> 256: kaiming fan_in x 0.1
-    assert abs(w.std().item() - 0.1 * (2 / 2560) ** 0.5) < 0.1 * 0.1 * (2 / 2560) ** 0.5
-    assert torch.count_nonzero(net.MLP_encoder_diff.mlp[1].bias) == 0
-    conv = net.lda4_process[0].weight
-    assert abs(conv.std().item() - 0.1 * (2 / 2048) ** 0.5) < 0.02 * (2 / 2048) ** 0.5 * 10
-    bn = net.feature_extractor.bn1
-    assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
+    net = DistillationIQANet(self_patch_num=2, MLP_depth=1, distillation_layer=1, pretrained=False).train()
+    lq, ref = torch.rand(2, 2, 3, 32, 32), 3 * torch.rand(2, 2, 3, 32, 32) + 1  # two different distributions
+    with torch.no_grad():
+        pred = net(lq, ref)[2]
+        separate = net.forward_from_codes(net.encode_patches(lq), net.encode_patches(ref))[2]
+        both = net.encode_patches(torch.cat([lq, ref]))  # one batch: shared statistics
+        joint = net.forward_from_codes([c[:2] for c in both], [c[2:] for c in both])[2]
+    torch.testing.assert_close(pred, separate, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(pred, joint, rtol=1e-3, atol=1e-4)  # the test can tell the two apart
 
 
 def test_wrong_input_shape_is_reported(small_net):

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import dataloaders as dl
-from dataloaders.sampling import denormalize
+from dataloaders.sampling import denormalize, to_normalized_tensor
 from tests.dataset_fixtures import make_kadid, make_koniq, make_ref_pool, pattern, write_image
 from tools.errors import UserError
 
@@ -239,3 +239,15 @@ def test_misaligned_pair_sizes_are_named(tmp_path: Path) -> None:
     ds = dl.build_dataset("kadid10k", tmp_path, "lq_hq", patch_size=S)
     with pytest.raises(UserError, match=r"01_01.png \(64x48\) and its reference .*I01.png \(60x48\) differ"):
         ds[0]
+
+
+def test_normalisation_uses_imagenet_constants_in_rgb_order() -> None:
+    """One known pixel, by hand: (x / 255 - mean) / std with mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)."""
+    patch = np.zeros((1, 2, 2, 3), np.uint8)
+    patch[0, 0, 1] = (255, 0, 128)  # R, G, B at row 0, column 1
+    out = to_normalized_tensor(patch)
+    assert out.shape == (1, 3, 2, 2) and out.dtype == torch.float32
+    expected = [(1.0 - 0.485) / 0.229, (0.0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
+    assert expected == pytest.approx([2.2489083, -2.0357143, 0.4264924], abs=1e-6)  # the numbers themselves
+    np.testing.assert_allclose(out[0, :, 0, 1].numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(out[0, :, 0, 0].numpy(), [-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225], rtol=1e-6)
