@@ -128,9 +128,16 @@ def test_repair_with_per_round_names(tmp_path):
     assert load(models / "NAR_student_r2_0.pth")["epoch"] == 0  # restored from last.pth
     assert not (models / "NAR_student_r2_1.pth").exists() and not (models / "best_r3.pth").exists()
     assert any("NAR_student_r2_1.pth" in n for n in notes)
-    # a best file that cannot be made right is an error, not a silent mix
-    (models / "NAR_student_r1_1.pth").unlink()
-    shutil.copyfile(models / "NAR_student_r1_0.pth", models / "best_r1.pth")
+    # resuming from an earlier epoch file: last.pth and the later files follow
+    args.resume = str(models / "NAR_student_r1_0.pth")
+    earlier = {**state, "epoch": 0, "round": 0, "best": {"epoch": 0}, "rounds": []}
+    run_folder.repair(args, earlier, "student", rounds=3)
+    assert (load(models / "last.pth")["round"], load(models / "last.pth")["epoch"]) == (0, 0)
+    assert not (models / "NAR_student_r1_1.pth").exists() and not (models / "best_r2.pth").exists()
+    assert load(models / "best_r1.pth")["epoch"] == 0
+    # a best file that cannot be made right (round 1's best epoch 1 is gone) is an error, not a silent mix
+    args.resume = "last"
+    torch.save(state, models / "last.pth")
     with pytest.raises(UserError, match=r"best_r1\.pth does not hold the recorded best epoch 1"):
         run_folder.repair(args, state, "student", rounds=3)
 

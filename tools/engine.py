@@ -466,8 +466,8 @@ def _train_round(run: Run, role: Role, build_model, train_loader, test_sets, rou
                 if not all(bool(torch.isfinite(p).all()) for p in model.trainable_parameters()):
                     raise NonFiniteLossError(f"the weights became NaN or infinite in epoch {epoch}")
             except NonFiniteLossError as err:
-                raise NonFiniteLossError(f"training stopped: {err} (try a lower --lr); nothing of this epoch was "
-                                    f"saved, the checkpoints already in {models_dir} are kept") from None
+                raise NonFiniteLossError(f"training stopped: {err} (try a lower --lr); nothing of this epoch "
+                                         f"was saved, the checkpoints already in {models_dir} are kept") from None
         try:
             results = evaluate(model, test_sets, run, epoch, role.test_ref_key, args.use_fitting_prcc_srcc) \
                 if run.dist.is_main else {}

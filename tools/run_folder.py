@@ -393,6 +393,11 @@ def repair(args: argparse.Namespace, state: Mapping, role: str, rounds: int) -> 
         notes.append(f"resume: removed {len(stale)} checkpoint(s) written after the point resumed from: "
                      f"{', '.join(p.name for p in stale)}")
 
+    last = models / "last.pth"
+    if not pending and source.resolve() != last.resolve() and _recorded(last) != (current, epoch):
+        ckpt.atomic_copy(source, last)
+        notes.append(f"resume: last.pth now holds the point resumed from ({source})")
+
     own = models / f"{prefix}{suffix(current)}_{epoch}.pth"
     if not pending and epoch >= 0 and not own.is_file():
         ckpt.atomic_copy(source, own)
