@@ -14,7 +14,7 @@ import numpy as np
 
 from option_train_DistillationIQA import set_args
 from tools import engine
-from tools.checkpoint import write_csv, write_json
+from tools.checkpoint import ensure_writable_folder, write_csv, write_json
 from tools.errors import UserError, run_cli
 from tools.utils import get_logger
 
@@ -63,10 +63,14 @@ def main(args: argparse.Namespace) -> dict:
         path = getattr(args, option)
         if path and not os.path.isfile(path):
             raise UserError(f"--{option}: checkpoint not found: {path}")
-    models = [("student", engine.build_network(args, run.device, weights=args.studentNet_model_path),
+    if args.plot:
+        ensure_writable_folder(args.plot, "--plot")  # before any evaluation
+    models = [("student", engine.build_network(args, run.device, weights=args.studentNet_model_path,
+                                               role="student", option="--studentNet_model_path"),
                "lq_hq_ref", "ref")]
     if args.teacherNet_model_path:
-        models.append(("teacher", engine.build_network(args, run.device, weights=args.teacherNet_model_path),
+        models.append(("teacher", engine.build_network(args, run.device, weights=args.teacherNet_model_path,
+                                                       role="teacher", option="--teacherNet_model_path"),
                        "lq_hq", "hq"))
     rows, report = [], {}
     for model_name, model, mode, ref_key in models:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from dataloaders import DEFAULT_DIRS
 from option_train_DistillationIQA import set_args
-from tools.checkpoint import write_scores
-from tools.errors import run_cli
+from tools.checkpoint import check_scores_path, write_scores
+from tools.errors import UserError, run_cli
 from tools.scorer import IQAScorer, expand_image_paths
 from tools.utils import resolve_precision, seed_everything, select_device
 
@@ -21,6 +22,8 @@ from tools.utils import resolve_precision, seed_everything, select_device
 def main(args: argparse.Namespace) -> list[dict]:
     seed_everything(args.seed)
     device = select_device(args.gpu_ids)
+    if args.output:
+        check_scores_path(args.output)  # before any scoring
     lq_paths = expand_image_paths(args.lq, "--lq")
     refs = expand_image_paths(args.ref or [Path(args.dataset_dir) / DEFAULT_DIRS["ref_test"]], "--ref")
     precision = resolve_precision(args.amp, device)
@@ -28,14 +31,20 @@ def main(args: argparse.Namespace) -> list[dict]:
                        patch_size=args.patch_size, repeats=args.repeats, seed=args.seed,
                        batch_size=args.batch_size, device=device, distillation_layer=args.distillation_layer,
                        upscale=args.upscale_small_images, autocast_dtype=precision.dtype)
-    scores = scorer.score(lq_paths)
-    rows = [{"image": str(path), "score": float(score)} for path, score in zip(lq_paths, scores)]
-    width = max(len(r["image"]) for r in rows)
+    scores, failures = scorer.try_score(lq_paths)  # one bad image does not stop the others
+    rows = [{"image": str(path), "score": float(score)}
+            for i, (path, score) in enumerate(zip(lq_paths, scores)) if i not in failures]
+    width = max((len(r["image"]) for r in rows), default=0)
     for row in rows:
         print(f"{row['image']:<{width}}  {row['score']:.4f}")
-    if args.output:
+    if args.output and rows:
         write_scores(args.output, rows)
         print(f"scores written to {os.path.abspath(args.output)}")
+    if failures:
+        print(f"not scored ({len(failures)}):", file=sys.stderr)
+        for i in sorted(failures):
+            print(f"  {failures[i]}", file=sys.stderr)
+        raise UserError(f"{len(failures)} of {len(lq_paths)} image(s) could not be scored (listed above)")
     return rows
 
 

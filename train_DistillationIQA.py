@@ -21,8 +21,10 @@ def main(args: argparse.Namespace) -> dict:
         teacher = engine.load_frozen_teacher(args, run.device)
         role = engine.Role(name="NAR_student", train_mode="lq_hq_ref", test_ref_key="ref", teacher=teacher)
         weights = args.studentNet_model_path  # optional: continue from these student weights
-        return engine.train_and_evaluate(run, role, lambda: engine.build_network(args, run.device, weights=weights))
+        return engine.train_and_evaluate(run, role, lambda: engine.build_network(
+            args, run.device, weights=weights, role="student", option="--studentNet_model_path"))
     finally:
+        run.close()
         cleanup_distributed()
 
 

@@ -19,8 +19,10 @@ def main(args: argparse.Namespace) -> dict:
     try:
         role = engine.Role(name="FRIQA_teacher", train_mode="lq_hq", test_ref_key="hq")
         weights = args.teacherNet_model_path  # optional: fine-tune from these weights
-        return engine.train_and_evaluate(run, role, lambda: engine.build_network(args, run.device, weights=weights))
+        return engine.train_and_evaluate(run, role, lambda: engine.build_network(
+            args, run.device, weights=weights, role="teacher", option="--teacherNet_model_path"))
     finally:
+        run.close()
         cleanup_distributed()
 
 

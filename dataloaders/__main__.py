@@ -21,7 +21,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--root", required=True, help="dataset folder, e.g. ./dataset/kadid10k")
     add("--ref_root", default=None, help="also check a non-aligned reference folder (DIV2K HR)")
     add("--patch_size", type=int, default=224, help="report images smaller than this (default 224)")
-    add("--upscale", action="store_true", help="small images will be upscaled: do not report them")
+    add("--upscale", "--upscale_small_images", dest="upscale", action="store_true",
+        help="small images will be upscaled (the scripts' --upscale_small_images): do not report them")
     add("--quick", action="store_true", help="read image headers only, do not decode every image")
     add("--json", action="store_true", help="print one JSON object")
     return parser.parse_args(argv)

@@ -34,19 +34,38 @@ def _inspect_images(paths: list[Path], patch_size: int, decode: bool, check_size
     return sizes
 
 
+def image_problems(paths: list[Path], patch_size: int,
+                   check_size: bool) -> tuple[list[str], dict[Path, tuple[int, int]]]:
+    """Header check of `paths` (no decoding): the problem lines as `check` prints them, and the sizes read."""
+    report: dict[str, Any] = {"missing": [], "unreadable": [], "too_small": [], "patch_size": patch_size}
+    sizes = _inspect_images(list(paths), patch_size, False, check_size, report, False)
+    return _problem_lines(report), sizes
+
+
+def _duplicates(samples: list) -> list[dict[str, Any]]:
+    """Images listed more than once in the label file(s), with their labels and whether these conflict."""
+    labels: dict[Path, list[float]] = {}
+    for s in samples:
+        labels.setdefault(s.lq_path, []).append(s.label)
+    return [{"path": str(path), "labels": values, "conflicting": len(set(values)) > 1}
+            for path, values in labels.items() if len(values) > 1]
+
+
 def check_dataset(name: str, root: str | os.PathLike, ref_root: str | os.PathLike | None = None, *,
                   patch_size: int = 224, upscale: bool = False, decode: bool = True,
                   progress: bool = False) -> dict[str, Any]:
     """A report (JSON-serialisable dict) on dataset `name` under `root` and the optional reference pool.
 
     Keys: dataset, root, higher_is_better, references, images, label_min, label_max, missing,
-    unreadable, too_small, size_mismatch, ref_pool, error, usable. `decode=False` only reads headers.
+    unreadable, too_small, size_mismatch, duplicates, ref_pool, error, usable. `decode=False` only reads
+    headers. An image listed twice with different labels makes the dataset unusable.
     """
     cls = dataset_class(name)
     report: dict[str, Any] = {
         "dataset": name, "root": str(root), "higher_is_better": cls.higher_is_better, "references": 0,
         "images": 0, "label_min": None, "label_max": None, "missing": [], "unreadable": [], "too_small": [],
-        "size_mismatch": [], "patch_size": patch_size, "ref_pool": None, "error": None, "usable": False,
+        "size_mismatch": [], "duplicates": [], "patch_size": patch_size, "ref_pool": None, "error": None,
+        "usable": False,
     }
     try:
         samples, num_contents = cls.read_index(Path(root))
@@ -56,7 +75,7 @@ def check_dataset(name: str, root: str | os.PathLike, ref_root: str | os.PathLik
     if samples:
         labels = [s.label for s in samples]
         report.update(references=num_contents if cls.has_aligned_reference else 0, images=len(samples),
-                      label_min=min(labels), label_max=max(labels))
+                      label_min=min(labels), label_max=max(labels), duplicates=_duplicates(samples))
         files = list(dict.fromkeys(p for s in samples for p in (s.lq_path, s.hq_path) if p is not None))
         check_size = not upscale and cls.resize_to is None
         sizes = _inspect_images(files, patch_size, decode, check_size, report, progress)
@@ -74,6 +93,7 @@ def check_dataset(name: str, root: str | os.PathLike, ref_root: str | os.PathLik
             pool["error"] = str(err)
         report["ref_pool"] = pool
     problems = [report[k] for k in ("error", "missing", "unreadable", "too_small", "size_mismatch")]
+    problems.append([d for d in report["duplicates"] if d["conflicting"]])
     if report["ref_pool"] is not None:
         problems += [report["ref_pool"][k] for k in ("error", "unreadable", "too_small")]
     report["usable"] = bool(samples) and not any(problems)
@@ -87,6 +107,8 @@ def _problem_lines(report: dict[str, Any]) -> list[str]:
               for t in report["too_small"]]
     lines += [f"  size mismatch: {m['lq']} vs its reference {m['hq']}"
               for m in report.get("size_mismatch", [])]
+    lines += [f"  {'conflicting labels' if d['conflicting'] else 'listed twice'}: {d['path']} "
+              f"({', '.join(f'{v:g}' for v in d['labels'])})" for d in report.get("duplicates", [])]
     return lines
 
 
@@ -101,7 +123,9 @@ def format_report(report: dict[str, Any]) -> str:
                 f"labels       {report['label_min']:.4g} .. {report['label_max']:.4g}",
                 f"missing      {len(report['missing'])}", f"unreadable   {len(report['unreadable'])}",
                 f"too small    {len(report['too_small'])} (patch {report['patch_size']})",
-                f"size mismatch {len(report['size_mismatch'])}"]
+                f"size mismatch {len(report['size_mismatch'])}",
+                f"duplicates   {len(report['duplicates'])} "
+                f"({sum(d['conflicting'] for d in report['duplicates'])} with conflicting labels)"]
         out += _problem_lines(report)
     pool = report["ref_pool"]
     if pool is not None:

@@ -26,18 +26,27 @@ def _text_rows(cls: type[IQADataset], path: Path) -> list[tuple[int, str]]:
     return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
+_EXTRA = "\0extra"  # DictReader key of the fields beyond the header's
+
+
 def _csv_rows(cls: type[IQADataset], path: Path, columns: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
     """(line number, row) of a CSV file with a header line that must contain `columns`."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f, skipinitialspace=True)
+            reader = csv.DictReader(f, skipinitialspace=True, restkey=_EXTRA)
             header = [h.strip() for h in reader.fieldnames or []]
             lacking = [c for c in columns if c not in header]
             if lacking:
                 raise UserError(f"{cls.name}: label file {path} lacks column(s) {', '.join(lacking)} "
                                 f"(header: {','.join(header) or 'empty'})")
             reader.fieldnames = header
-            rows = [(reader.line_num, row) for row in reader if any((v or "").strip() for v in row.values())]
+            rows = []
+            for row in reader:
+                extra = row.pop(_EXTRA, None)  # fields beyond the header's: kept for error messages only
+                if extra:
+                    row[_EXTRA] = ",".join(extra)
+                if any((v or "").strip() for v in row.values()):
+                    rows.append((reader.line_num, row))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise UserError(f"{cls.name}: cannot read label file {path}: {err}") from None
     return rows
@@ -45,7 +54,7 @@ def _csv_rows(cls: type[IQADataset], path: Path, columns: Sequence[str]) -> list
 
 def _joined(row: dict[str, str]) -> str:
     """A CSV row back as one comma-separated string, for error messages."""
-    return ",".join(str(v) for v in row.values())
+    return ",".join("" if v is None else str(v) for v in row.values())
 
 
 def _number(cls: type[IQADataset], path: Path, line_no: int, value: object, expected: str,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +46,7 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     if not path.is_file():
         raise UserError(f"image not found: {path}")
     try:
-        with Image.open(path) as img:
+        with _large_image_warnings(path), Image.open(path) as img:
             img.load()
             return _to_rgb(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
@@ -52,10 +56,23 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) from the file header, without decoding the pixels; UserError if unreadable."""
     try:
-        with Image.open(path) as img:
+        with _large_image_warnings(path), Image.open(path) as img:
             return img.size
-    except (OSError, ValueError, SyntaxError) as err:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise UserError(f"cannot read image {path}: {err}") from None
+
+
+@contextlib.contextmanager
+def _large_image_warnings(path: str | os.PathLike) -> Iterator[None]:
+    """PIL's warning about a very large image (a possible decompression bomb) as one line naming the file."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", Image.DecompressionBombWarning)
+        yield
+    for warning in caught:
+        if issubclass(warning.category, Image.DecompressionBombWarning):
+            print(f"warning: {path}: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def is_image_file(path: Path) -> bool:

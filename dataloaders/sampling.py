@@ -24,17 +24,25 @@ _SCALE = (1.0 / (255.0 * np.array(IMAGENET_STD))).astype(np.float32).reshape(1, 
 _BIAS = (-np.array(IMAGENET_MEAN) / np.array(IMAGENET_STD)).astype(np.float32).reshape(1, 3, 1, 1)
 
 
+MAX_UPSCALE_ASPECT = 32  # an image that must be upscaled may be at most this elongated (bounds the memory)
+
+
 def fit_patch_size(img: Image.Image, patch_size: int, upscale: bool, path: Path | str) -> Image.Image:
     """Return `img` unchanged if both sides are >= patch_size; upscale it (bicubic, aspect kept) if asked.
 
-    Otherwise raise UserError naming the file, its size and the patch size.
+    Otherwise raise UserError naming the file, its size and the patch size. An image more elongated than
+    MAX_UPSCALE_ASPECT:1 is never upscaled (a 1x20000 strip would become gigabytes).
     """
     w, h = img.size
     if w >= patch_size and h >= patch_size:
         return img
     if not upscale:
         raise UserError(f"image {path} is {w}x{h}, smaller than the patch size {patch_size}; "
-                        "use a smaller patch size or ask for upscaling (upscale=True / --upscale)")
+                        "use a smaller --patch_size or ask for upscaling (--upscale_small_images; "
+                        "upscale=True in Python)")
+    if max(w, h) > MAX_UPSCALE_ASPECT * min(w, h):
+        raise UserError(f"image {path} is {w}x{h}, smaller than the patch size {patch_size} and too elongated "
+                        f"to upscale (more than {MAX_UPSCALE_ASPECT}:1)")
     scale = max(patch_size / w, patch_size / h)
     size = (max(patch_size, math.ceil(w * scale)), max(patch_size, math.ceil(h * scale)))
     return img.resize(size, Image.Resampling.BICUBIC)

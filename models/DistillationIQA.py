@@ -79,17 +79,33 @@ def load_backbone_weights(backbone: ResNet50Backbone, pretrained: bool | str | o
                 socket.setdefaulttimeout(previous_timeout)
     else:
         path = Path(pretrained)
+        expected = "expected a torchvision ResNet-50 state dict"
         if not path.is_file():
-            raise UserError(f"backbone weights file not found: {path} (expected a torchvision ResNet-50 state dict)")
-        state = safe_torch_load(path)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
+            raise UserError(f"--pretrained: backbone weights file not found: {path} ({expected})")
+        state = safe_torch_load(path, context="--pretrained: ")
+        state = state.get("state_dict", state) if isinstance(state, Mapping) else state
+        if not isinstance(state, Mapping) or not state or \
+                not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+            raise UserError(f"--pretrained {path} is not a ResNet-50 state dict ({expected}: names -> tensors)")
+        _load_backbone_state(backbone, state, f"--pretrained {path}")
+        return
+    _load_backbone_state(backbone, state, "the ImageNet ResNet-50 weights")
+
+
+def _load_backbone_state(backbone: ResNet50Backbone, state: Mapping[str, Tensor], where: str) -> None:
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    result = backbone.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise UserError(
-            f"backbone weights do not fit ResNet-50: missing {result.missing_keys[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}"
-        )
+    own = backbone.state_dict()
+    # BatchNorm fills a missing num_batches_tracked itself (older torchvision files have none)
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise UserError(f"{where} does not fit ResNet-50 (expected a torchvision ResNet-50 state dict): "
+                        f"missing keys {_short_list(missing)}; unexpected keys {_short_list(unexpected)}")
+    wrong = [f"{k} {tuple(state[k].shape)} (ResNet-50 {tuple(own[k].shape)})"
+             for k in state if state[k].shape != own[k].shape]
+    if wrong:
+        raise UserError(f"{where} does not fit ResNet-50: tensors of other shapes {_short_list(wrong)}")
+    backbone.load_state_dict(_checked_dtypes(state, own, where), strict=True)
 
 
 class TokensFromMap(nn.Module):
@@ -271,24 +287,26 @@ class DistillationIQANet(nn.Module):
     # ---- checkpoints -------------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path_or_state_dict: str | os.PathLike | Mapping[str, Tensor],
-                        **kwargs) -> DistillationIQANet:
+                        name: str | None = None, **kwargs) -> DistillationIQANet:
         """Build the network (sizes from `kwargs`) and load a checkpoint, skipping the random initialisation."""
         if kwargs.setdefault("pretrained", False) is not False:
             raise ValueError("from_checkpoint takes every weight from the checkpoint: pretrained must be False")
         with torch.device("meta"):
             net = cls(**kwargs)
-        net.load_checkpoint(path_or_state_dict, assign=True)
+        net.load_checkpoint(path_or_state_dict, assign=True, name=name)
         return net
 
     def load_checkpoint(self, path_or_state_dict: str | os.PathLike | Mapping[str, Tensor],
-                        assign: bool = False) -> dict:
+                        assign: bool = False, name: str | None = None) -> dict:
         """Load the authors' released files, DataParallel/DDP files, or this project's checkpoints.
 
         Returns the whole checkpoint dict (for this project's files: epoch, options, metrics ...).
         `assign=True` takes the checkpoint's tensors as they are (for a network built on the meta device).
-        Raises `UserError` naming the problem: missing file, not a checkpoint, wrong keys, other self_patch_num.
+        `name` says in messages where an already loaded checkpoint came from (e.g. its file).
+        Raises `UserError` naming the problem: missing file, not a checkpoint, wrong keys, other self_patch_num,
+        non-numeric tensors, non-finite weights. Half or double precision tensors are converted to float32.
         """
-        where = "the given state dict"
+        where = name or "the given state dict"
         if isinstance(path_or_state_dict, Mapping):
             checkpoint = dict(path_or_state_dict)
         else:
@@ -311,7 +329,7 @@ class DistillationIQANet(nn.Module):
                  for k in own if state[k].shape != own[k].shape]
         if wrong:
             raise UserError(f"{where} has tensors of other shapes: {_short_list(wrong)}")
-        self.load_state_dict(state, strict=True, assign=assign)
+        self.load_state_dict(_checked_dtypes(state, own, where), strict=True, assign=assign)
         return checkpoint
 
     def _check_patch_num(self, state: Mapping[str, Tensor], where: str) -> None:
@@ -348,6 +366,31 @@ def extract_state_dict(checkpoint: object, where: str = "checkpoint") -> dict[st
         if key not in UNUSED_CHECKPOINT_KEYS:
             cleaned[key] = value
     return cleaned
+
+
+def _checked_dtypes(state: Mapping[str, Tensor], own: Mapping[str, Tensor], where: str) -> dict[str, Tensor]:
+    """`state` with each floating tensor in the network's dtype (a half-precision file loads as float32).
+
+    Raises `UserError` for an integer or boolean tensor where the network holds floats, and for NaN or
+    infinite weights (a diverged training run).
+    """
+    out, not_float, not_finite = {}, [], []
+    for key, value in state.items():
+        target = own[key].dtype
+        if target.is_floating_point:
+            if not value.is_floating_point():
+                not_float.append(f"{key} ({str(value.dtype).replace('torch.', '')})")
+                continue
+            value = value.to(target)
+            if not bool(torch.isfinite(value).all()):
+                not_finite.append(key)
+        out[key] = value
+    if not_float:
+        raise UserError(f"{where} holds non-floating-point weights where the network needs float32: "
+                        f"{_short_list(not_float)}")
+    if not_finite:
+        raise UserError(f"{where} holds NaN or infinite weights (a diverged training run?): {_short_list(not_finite)}")
+    return out
 
 
 def _short_list(keys: list[str], limit: int = 8) -> str:

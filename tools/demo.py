@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO_NETWORK = ["--patch_size", "128", "--self_patch_num", "2", "--distillation_layer", "18", "--num_workers", "0"]
 # Heads at lr 1e-4 x 10; the backbone's BatchNorm frozen (random backbone); the KD feature loss scaled down, since
 # the difference features of a random backbone are large (an MSE of ~1e4 at the start, against an L1 of ~1).
-DEMO_TRAINING = ["--batch_size", "8", "--lr", "1e-4", "--lr_ratio", "10", "--freeze_backbone_bn"]
+DEMO_TRAINING = ["--batch_size", "8", "--lr", "1e-4", "--lr_ratio", "10", "--freeze_backbone_bn", "--overwrite"]
 DEMO_STUDENT = ["--feature_loss_ratio", "1e-4"]
 
 

@@ -29,6 +29,7 @@ from dataloaders import (
 )
 from models.DistillationIQA import DistillationIQANet
 from tools import checkpoint as ckpt
+from tools import run_folder
 from tools.errors import UserError
 from tools.metrics import compute_metrics, oriented
 from tools.options import check_args
@@ -54,11 +55,22 @@ class Run:
     dist: DistInfo
     device: torch.device
     precision: Precision
+    lock: run_folder.RunLock | None = None
+
+    def close(self) -> None:
+        """Release the checkpoint folder's lock (training runs)."""
+        if self.lock is not None:
+            self.lock.release()
 
 
 def setup_run(args: argparse.Namespace, *, write_options: bool = True) -> Run:
-    """Distributed set-up, device, seeding, logger and (rank 0) the options file."""
+    """Distributed set-up, device, seeding, logger and (rank 0) the options file.
+
+    For a training run (options with --resume) the checkpoint folder is prepared first: one run per
+    folder, locked while the run lives (see tools/run_folder.py).
+    """
     info, device = init_distributed(args.gpu_ids)
+    lock = run_folder.prepare(args, info) if write_options and hasattr(args, "resume") else None
     if write_options:
         check_args(args, rank=info.rank)
     log_file = os.path.join(args.log_checkpoint_dir, "log.txt") if hasattr(args, "log_checkpoint_dir") else None
@@ -67,18 +79,23 @@ def setup_run(args: argparse.Namespace, *, write_options: bool = True) -> Run:
     precision = resolve_precision(args.amp, device)
     get_logger().info(f"device {device}, precision {precision.dtype or 'fp32'}, "
                       f"world size {info.world_size}, seed {args.seed}")
-    return Run(args, info, device, precision)
+    return Run(args, info, device, precision, lock)
 
 
-def build_network(args: argparse.Namespace, device: torch.device, *, weights: str | None = None) -> DistillationIQANet:
+def build_network(args: argparse.Namespace, device: torch.device, *, weights: str | None = None,
+                  role: str | None = None, option: str = "checkpoint") -> DistillationIQANet:
     """A `DistillationIQANet` at the options' sizes; from `weights` (a checkpoint) when given.
 
-    With a checkpoint the backbone is not fetched separately (the checkpoint holds it).
+    With a checkpoint the backbone is not fetched separately (the checkpoint holds it). With `role`
+    ('teacher' or 'student'), a checkpoint of this project recorded as the other role is refused,
+    naming `option`.
     """
     sizes = {"self_patch_num": args.self_patch_num, "distillation_layer": args.distillation_layer,
              "backbone_bn_eval": getattr(args, "freeze_backbone_bn", False)}
     if weights:
-        model = DistillationIQANet.from_checkpoint(weights, **sizes)
+        name = f"{option} {weights}"
+        loaded = ckpt.load_model_checkpoint(weights, option, role) if role else weights
+        model = DistillationIQANet.from_checkpoint(loaded, name=name, **sizes)
     else:
         model = DistillationIQANet(pretrained=args.pretrained, **sizes)
     if getattr(args, "print_netC", False):
@@ -93,7 +110,8 @@ def load_frozen_teacher(args: argparse.Namespace, device: torch.device) -> Disti
     if not Path(args.teacherNet_model_path).is_file():
         raise UserError(f"--teacherNet_model_path: teacher checkpoint not found: {args.teacherNet_model_path} "
                         "(train one with train_DistillationIQA_FR.py or put the released file there)")
-    teacher = build_network(args, device, weights=args.teacherNet_model_path)
+    teacher = build_network(args, device, weights=args.teacherNet_model_path, role="teacher",
+                            option="--teacherNet_model_path")
     teacher.eval()
     for param in teacher.parameters():
         param.requires_grad = False
@@ -137,6 +155,10 @@ def feature_distillation_loss(student: Sequence[Tensor], teacher: Sequence[Tenso
 
 
 # ---- one epoch --------------------------------------------------------------------------------------
+class NonFiniteLossError(UserError):
+    """Training diverged: the loss (or a weight) is NaN or infinite."""
+
+
 def _to(batch: dict, key: str, device: torch.device) -> Tensor:
     return batch[key].to(device, non_blocking=True)
 
@@ -171,6 +193,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         scaler.step(optimizer)
         scaler.update()
         losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            raise NonFiniteLossError(f"the loss is {losses[-1]} at epoch {epoch}, iteration {step}")
         preds.append(pred.detach().float().cpu())
         labels.append(label.cpu())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -292,6 +316,11 @@ class Role:
     test_ref_key: str
     teacher: nn.Module | None = None
 
+    @property
+    def kind(self) -> str:
+        """'teacher' or 'student', as recorded in the checkpoints."""
+        return "teacher" if self.train_mode == "lq_hq" else "student"
+
 
 def _format_metrics(results: dict[str, dict]) -> str:
     return "  ".join(f"{name}: SRCC {m['srcc']:.4f} PLCC {m['plcc']:.4f} KRCC {m['krcc']:.4f}"
@@ -322,7 +351,8 @@ def train_and_evaluate(run: Run, role: Role, build_model: Callable[[], Distillat
         raise UserError(f"--train_dataset {args.train_dataset}: not found at {train_root} "
                         f"(set --dataset_dir or --{args.train_dataset.replace('-', '')}_path; see dataset/README.md)")
 
-    state = _load_resume(args) if args.resume else None
+    state = _load_resume(run, role, rounds) if args.resume else None
+    checked = False
     finished_rounds: list[dict] = state["rounds"] if state else []
     history: list[dict] = state["history"] if state else []
     for round_index in range(len(finished_rounds), rounds):
@@ -345,6 +375,10 @@ def train_and_evaluate(run: Run, role: Role, build_model: Callable[[], Distillat
             test_mode = "lq_hq_ref" if role.train_mode == "lq_hq_ref" else "lq_hq"
             test_sets = build_test_sets(args, names, test_mode, content_ids=test_ids,
                                         ref_folder=args.ref_test_dataset_path if test_mode == "lq_hq_ref" else None)
+        if not checked:  # every image of this round's data (a first round covers whole datasets) before training
+            datasets = [train_set, *(t.loader.dataset for t in test_sets)]
+            run_folder.on_main(run.dist, lambda: run_folder.check_images(datasets))  # noqa: B023 (called at once)
+            checked = True
         logger.info(f"round {round_index + 1}/{rounds}: {len(train_set)} training samples from "
                     f"{args.train_dataset}; testing on {[t.name for t in test_sets] or 'nothing'}")
         resumed = state if state and state.get("round", 0) == round_index else None
@@ -360,10 +394,17 @@ def train_and_evaluate(run: Run, role: Role, build_model: Callable[[], Distillat
     return report
 
 
-def _load_resume(args: argparse.Namespace) -> dict:
-    path = os.path.join(args.model_checkpoint_dir, "last.pth") if args.resume == "last" else args.resume
+def _load_resume(run: Run, role: Role, rounds: int) -> dict:
+    args, logger = run.args, get_logger()
+    path = run_folder.resume_path(args)
     state = ckpt.load_training_checkpoint(path)
-    get_logger().info(f"resuming from {path} (round {state.get('round', 0) + 1}, epoch {state['epoch']} done)")
+    notes = run_folder.check_resume(args, state, role.kind, role.teacher)
+    notes += run_folder.on_main(run.dist, lambda: run_folder.repair(args, state, role.kind, rounds)) or []
+    for line in notes:
+        logger.info(line)
+    done = f"epoch {state['epoch'] + 1} trained, its evaluation left" if state.get("pending") is not None \
+        else f"epoch {state['epoch']} done"
+    logger.info(f"resuming from {path} (round {state.get('round', 0) + 1}, {done})")
     return state
 
 
@@ -380,10 +421,12 @@ def _train_round(run: Run, role: Role, build_model, train_loader, test_sets, rou
     best = {"score": float("-inf"), "epoch": None, "metrics": {}}
     per_dataset_best: dict[str, dict] = {}
     scaler = run.precision.scaler()
+    pending = None  # the training statistics of an epoch whose evaluation failed
     if resumed:
         model.load_checkpoint(resumed["model"])
         lr, lr_ratio, start_epoch = resumed["lr"], resumed["lr_ratio"], resumed["epoch"] + 1
         best, per_dataset_best = resumed["best"], resumed["per_dataset_best"]
+        pending = resumed.get("pending")
     optimizer = make_optimizer(model, lr, lr_ratio, args.weight_decay)
     if resumed:
         optimizer.load_state_dict(resumed["optimizer"])
@@ -399,13 +442,43 @@ def _train_round(run: Run, role: Role, build_model, train_loader, test_sets, rou
 
     suffix = _round_suffix(round_index, rounds)
     last_metrics: dict = {}
+    models_dir = args.model_checkpoint_dir
+    teacher_print = run_folder.fingerprint(role.teacher) if role.teacher is not None else None
+
+    def checkpoint(epoch_done: int, **extra) -> dict:
+        return {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "epoch": epoch_done, "round": round_index, "lr": lr, "lr_ratio": lr_ratio, "rng": ckpt.rng_state(),
+            "args": ckpt.serializable_options(vars(args)), "role": role.kind, "teacher": teacher_print,
+            "metrics": last_metrics, "best": best, "per_dataset_best": per_dataset_best, "history": history,
+            "rounds": finished_rounds, **extra,
+        }
+
     for epoch in range(start_epoch, args.epochs):
-        stats = train_one_epoch(net, train_loader, optimizer, scaler, run, epoch, teacher=role.teacher,
-                                distillation_loss=getattr(args, "distillation_loss", "mse"),
-                                feature_loss_ratio=getattr(args, "feature_loss_ratio", 1.0),
-                                net_print=args.net_print)
-        results = evaluate(model, test_sets, run, epoch, role.test_ref_key, args.use_fitting_prcc_srcc) \
-            if run.dist.is_main else {}
+        if pending is not None:  # trained before its evaluation failed: only the evaluation is left
+            stats, pending = pending, None
+        else:
+            try:
+                stats = train_one_epoch(net, train_loader, optimizer, scaler, run, epoch, teacher=role.teacher,
+                                        distillation_loss=getattr(args, "distillation_loss", "mse"),
+                                        feature_loss_ratio=getattr(args, "feature_loss_ratio", 1.0),
+                                        net_print=args.net_print)
+                if not all(bool(torch.isfinite(p).all()) for p in model.trainable_parameters()):
+                    raise NonFiniteLossError(f"the weights became NaN or infinite in epoch {epoch}")
+            except NonFiniteLossError as err:
+                raise NonFiniteLossError(f"training stopped: {err} (try a lower --lr); nothing of this epoch "
+                                         f"was saved, the checkpoints already in {models_dir} are kept") from None
+        try:
+            results = evaluate(model, test_sets, run, epoch, role.test_ref_key, args.use_fitting_prcc_srcc) \
+                if run.dist.is_main else {}
+        except Exception as err:  # a bad test image, a vanished file ...: keep the trained epoch
+            path = os.path.join(models_dir, "last.pth")
+            ckpt.atomic_torch_save(checkpoint(epoch - 1, pending=stats), path)
+            note = f"the trained epoch {epoch} is saved in {path}: fix the cause and continue with --resume"
+            if isinstance(err, UserError):
+                raise UserError(f"evaluation after epoch {epoch} failed: {err}\n{note}") from None
+            logger.error(f"evaluation after epoch {epoch} failed; {note}")
+            raise
         last_metrics = _plain(results)
         row = {"round": round_index + 1, "epoch": epoch, "lr": lr, "lr_ratio": lr_ratio, **stats}
         for name, m in last_metrics.items():
@@ -425,36 +498,20 @@ def _train_round(run: Run, role: Role, build_model, train_loader, test_sets, rou
         lr, lr_ratio = next_schedule(lr, lr_ratio, epoch, args.update_opt_epoch)
         optimizer = make_optimizer(model, lr, lr_ratio, args.weight_decay)  # rebuilt each epoch, as the original
         if run.dist.is_main:
-            checkpoint = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch, "round": round_index, "lr": lr, "lr_ratio": lr_ratio, "rng": ckpt.rng_state(),
-                "args": _serializable(vars(args)), "metrics": last_metrics, "best": best,
-                "per_dataset_best": per_dataset_best, "history": history, "rounds": finished_rounds,
-            }
-            models_dir = args.model_checkpoint_dir
-            names = [f"{role.name}{suffix}_{epoch}.pth", "last.pth"] + ([f"best{suffix}.pth"] if improved else [])
-            ckpt.atomic_torch_save(checkpoint, *(os.path.join(models_dir, name) for name in names))
-            ckpt.write_csv(os.path.join(args.result_checkpoint_dir, "metrics.csv"), history)
+            # last.pth first: whatever fails after it, --resume restores the epoch and best files from it
+            names = ["last.pth", f"{role.name}{suffix}_{epoch}.pth"] + ([f"best{suffix}.pth"] if improved else [])
+            try:
+                ckpt.atomic_torch_save(checkpoint(epoch), *(os.path.join(models_dir, name) for name in names))
+                ckpt.write_csv(os.path.join(args.result_checkpoint_dir, "metrics.csv"), history)
+            except UserError as err:
+                raise UserError(f"{err} (training stopped after epoch {epoch}; {models_dir}/last.pth holds the "
+                                "last epoch that could be saved: make room and continue with --resume)") from None
         if run.dist.distributed:
             dist.barrier()
     if resumed and start_epoch >= args.epochs:
         last_metrics = resumed["metrics"]
     return {"round": round_index + 1, "best_epoch": best["epoch"], "best": best["metrics"],
             "best_per_dataset": per_dataset_best, "last": last_metrics}
-
-
-def _serializable(values: dict) -> dict:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, (str, int, float, bool)) or value is None:
-            out[key] = value
-        elif isinstance(value, (list, tuple)):
-            out[key] = [str(v) for v in value]
-        elif isinstance(value, dict):
-            out[key] = {str(k): str(v) for k, v in value.items()}
-        else:
-            out[key] = str(value)
-    return out
 
 
 def _final_report(rounds: list[dict], within: bool) -> dict:

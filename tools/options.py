@@ -6,6 +6,7 @@ Parsing has no side effects: folders are created and the options file written by
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -122,6 +123,9 @@ def add_training_args(parser: argparse.ArgumentParser, *, checkpoint_dir: str, u
     group.add_argument("--checkpoint_dir", type=str, default=checkpoint_dir)
     group.add_argument("--resume", nargs="?", const="last", default=None, metavar="PATH",
                        help="continue from <checkpoint_dir>/models/last.pth (or the given checkpoint)")
+    group.add_argument("--overwrite", action="store_true",
+                       help="start afresh in a --checkpoint_dir that holds a run: delete that run's checkpoints, "
+                            "metrics and log first")
 
 
 def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -140,13 +144,21 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
         args.result_checkpoint_dir = os.path.join(args.checkpoint_dir, "results")
         args.log_checkpoint_dir = os.path.join(args.checkpoint_dir, "log")
         args.setting_file = os.path.join(args.checkpoint_dir, os.path.basename(args.setting_file))
-    for option in ("self_patch_num", "patch_size", "batch_size", "epochs", "train_test_num",
-                   "update_opt_epoch", "test_patch_num", "train_patch_num", "test_batch_size", "net_print"):
+    for option in ("self_patch_num", "patch_size", "batch_size", "epochs", "train_test_num", "update_opt_epoch",
+                   "test_patch_num", "train_patch_num", "test_batch_size", "net_print", "test_rounds", "repeats",
+                   "distillation_layer"):
         value = getattr(args, option, None)
         if value is not None and value < 1:
             raise UserError(f"--{option} must be at least 1, got {value}")
-    if getattr(args, "num_workers", 0) < 0:
-        raise UserError(f"--num_workers must be 0 or more, got {args.num_workers}")
+    for option in ("num_workers", "seed"):
+        value = getattr(args, option, None)
+        if value is not None and value < 0:
+            raise UserError(f"--{option} must be 0 or more, got {value}")
+    for option, least in (("lr", "above 0"), ("lr_ratio", "above 0"), ("weight_decay", "0 or more"),
+                          ("feature_loss_ratio", "0 or more")):
+        value = getattr(args, option, None)
+        if value is not None and not (math.isfinite(value) and (value > 0 if least == "above 0" else value >= 0)):
+            raise UserError(f"--{option} must be a finite number {least}, got {value}")
     if getattr(args, "use_refHQ", True) is False:
         raise UserError("--use_refHQ false is not supported: the network always compares with a reference")
     return args

@@ -23,6 +23,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from dataloaders import list_reference_images, load_rgb
 from dataloaders.sampling import fit_patch_size, independent_patches, to_normalized_tensor
 from models.DistillationIQA import DistillationIQANet
+from tools.checkpoint import load_model_checkpoint
 from tools.errors import UserError
 
 ImageInput = str | os.PathLike | Image.Image | torch.Tensor
@@ -96,7 +97,8 @@ class IQAScorer:
         else:
             if not Path(checkpoint).is_file():
                 raise UserError(f"student checkpoint not found: {checkpoint}")
-            net = DistillationIQANet.from_checkpoint(checkpoint, self_patch_num=self_patch_num,
+            loaded = load_model_checkpoint(checkpoint, "student checkpoint", "student")
+            net = DistillationIQANet.from_checkpoint(loaded, name=str(checkpoint), self_patch_num=self_patch_num,
                                                      distillation_layer=distillation_layer)
         net.eval()
         fold_batchnorm(net.feature_extractor)
@@ -146,27 +148,55 @@ class IQAScorer:
         rng = np.random.default_rng([self.seed, 1, repeat])
         return to_normalized_tensor(independent_patches(image, rng, self.patch_size, self.self_patch_num))
 
-    @torch.inference_mode()
     def score(self, images: ImageInput | Iterable[ImageInput]) -> np.ndarray:
-        """One score per image: the mean of the network's output over `repeats` crop sets."""
+        """One score per image: the mean of the network's output over `repeats` crop sets.
+
+        Raises `UserError` at the first image that cannot be read or gets no finite score.
+        """
+        return self._score(images, tolerant=False)[0]
+
+    def try_score(self, images: ImageInput | Iterable[ImageInput]) -> tuple[np.ndarray, dict[int, str]]:
+        """Like `score`, but an image that cannot be read (or gets no finite score) does not stop the others.
+
+        Returns the scores (NaN for those images) and, by position, why each of those images has none.
+        """
+        return self._score(images, tolerant=True)
+
+    @torch.inference_mode()
+    def _score(self, images: ImageInput | Iterable[ImageInput], tolerant: bool) -> tuple[np.ndarray, dict[int, str]]:
         if isinstance(images, (str, os.PathLike, Image.Image)) or (
                 isinstance(images, torch.Tensor) and images.dim() <= 3):
             images = [images]
         if isinstance(images, torch.Tensor):
             images = list(images)
         items = list(images)
-        scores = np.zeros(len(items))
+        names = [str(img) if isinstance(img, (str, os.PathLike)) else f"image #{i}" for i, img in enumerate(items)]
+        scores = np.full(len(items), np.nan)
+        failures: dict[int, str] = {}
         for start in range(0, len(items), self.batch_size):
-            chunk = items[start:start + self.batch_size]
-            arrays = [_as_array(img, self.patch_size, self.upscale,
-                                str(img) if isinstance(img, (str, os.PathLike)) else f"image #{start + i}")
-                      for i, img in enumerate(chunk)]
-            total = torch.zeros(len(chunk), dtype=torch.float64)
+            arrays, positions = [], []
+            for i in range(start, min(start + self.batch_size, len(items))):
+                try:
+                    arrays.append(_as_array(items[i], self.patch_size, self.upscale, names[i]))
+                    positions.append(i)
+                except UserError as err:
+                    if not tolerant:
+                        raise
+                    failures[i] = str(err)
+            if not arrays:
+                continue
+            total = torch.zeros(len(arrays), dtype=torch.float64)
             for r, ref_codes in enumerate(self._ref_codes):
                 lq = torch.stack([self.lq_patches(a, r) for a in arrays]).to(self.device)
                 with self._autocast():
                     lq_codes = self.net.encode_patches(lq)
                     _, _, pred = self.net.forward_from_codes(lq_codes, ref_codes)
                 total += pred.float().cpu().double()
-            scores[start:start + len(chunk)] = (total / self.repeats).numpy()
-        return scores
+            scores[positions] = (total / self.repeats).numpy()
+            for i in positions:
+                if not np.isfinite(scores[i]):
+                    message = f"{names[i]}: the network gave no finite score ({scores[i]})"
+                    if not tolerant:
+                        raise UserError(message)
+                    failures[i] = message
+        return scores, failures
