@@ -12,20 +12,24 @@ import os
 
 import numpy as np
 
+from dataloaders import dataset_class
 from option_train_DistillationIQA import set_args
 from tools import engine
 from tools.checkpoint import ensure_writable_folder, write_csv, write_json
 from tools.errors import UserError, run_cli
-from tools.utils import get_logger
+from tools.utils import get_logger, note_training_amp_in_testing
 
 METRICS = ("srcc", "plcc", "krcc")
 
 
-def evaluate_rounds(model, test_sets, run, rounds: int, ref_key: str, fit: bool) -> dict[str, list[dict]]:
-    """Metrics per dataset for each round (round r draws its crops and references with epoch r)."""
+def evaluate_rounds(model, test_sets, run, rounds: int, ref_key: str, fit: bool,
+                    trained_higher_is_better: bool = True) -> dict[str, list[dict]]:
+    """Metrics per dataset for each round (round r draws its crops and references with epoch r), oriented
+    by the label direction of the model's training set."""
     per_dataset: dict[str, list[dict]] = {t.name: [] for t in test_sets}
     for r in range(rounds):
-        for name, metrics in engine.evaluate(model, test_sets, run, r, ref_key, fit).items():
+        for name, metrics in engine.evaluate(model, test_sets, run, r, ref_key, fit,
+                                             trained_higher_is_better=trained_higher_is_better).items():
             per_dataset[name].append(metrics)
             get_logger().info(f"round {r}: {name} SRCC {metrics['srcc']:.4f} PLCC {metrics['plcc']:.4f} "
                               f"KRCC {metrics['krcc']:.4f}")
@@ -59,27 +63,35 @@ def write_plots(folder: str, model_name: str, per_dataset: dict[str, list[dict]]
 
 def main(args: argparse.Namespace) -> dict:
     run = engine.setup_run(args)
+    note_training_amp_in_testing(args.amp, args.eval_amp)
     for option in ("studentNet_model_path", "teacherNet_model_path"):
         path = getattr(args, option)
         if path and not os.path.isfile(path):
             raise UserError(f"--{option}: checkpoint not found: {path}")
     if args.plot:
         ensure_writable_folder(args.plot, "--plot")  # before any evaluation
-    models = [("student", engine.build_network(args, run.device, weights=args.studentNet_model_path,
-                                               role="student", option="--studentNet_model_path"),
-               "lq_hq_ref", "ref")]
+    models = [("student", args.studentNet_model_path, "lq_hq_ref", "ref")]
     if args.teacherNet_model_path:
-        models.append(("teacher", engine.build_network(args, run.device, weights=args.teacherNet_model_path,
-                                                       role="teacher", option="--teacherNet_model_path"),
-                       "lq_hq", "hq"))
+        models.append(("teacher", args.teacherNet_model_path, "lq_hq", "hq"))
+    networks = {name: engine.build_network(args, run.device, weights=path, role=name,
+                                           option=f"--{name}Net_model_path")
+                for name, path, _, _ in models}
+    test_datasets = [args.test_dataset] if args.test_dataset else args.test_datasets
     rows, report = [], {}
-    for model_name, model, mode, ref_key in models:
-        test_sets = engine.build_test_sets(args, args.test_datasets, mode,
+    for model_name, path, mode, ref_key in models:
+        model = networks[model_name]
+        trained_on, source = engine.training_set_of(path, args.train_dataset)
+        higher = dataset_class(trained_on).higher_is_better
+        get_logger().info(f"{model_name}: trained on {trained_on} (from {source}), labels "
+                          f"{'higher' if higher else 'lower'} is better; correlations are flipped on test sets "
+                          f"whose labels are {'lower' if higher else 'higher'} is better")
+        test_sets = engine.build_test_sets(args, test_datasets, mode,
                                            ref_folder=args.ref_test_dataset_path if mode == "lq_hq_ref" else None)
         if not test_sets:
             get_logger().warning(f"warning: no test dataset found for the {model_name}")
             continue
-        per_dataset = evaluate_rounds(model, test_sets, run, args.test_rounds, ref_key, args.use_fitting_prcc_srcc)
+        per_dataset = evaluate_rounds(model, test_sets, run, args.test_rounds, ref_key, args.use_fitting_prcc_srcc,
+                                      trained_higher_is_better=higher)
         rows += summarize(model_name, per_dataset)
         report[model_name] = {name: {k: float(np.mean([m[k] for m in rounds])) for k in METRICS}
                               for name, rounds in per_dataset.items()}

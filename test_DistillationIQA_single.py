@@ -16,7 +16,7 @@ from option_train_DistillationIQA import set_args
 from tools.checkpoint import check_scores_path, write_scores
 from tools.errors import UserError, run_cli
 from tools.scorer import IQAScorer, expand_image_paths
-from tools.utils import resolve_precision, seed_everything, select_device
+from tools.utils import note_training_amp_in_testing, resolve_precision, seed_everything, select_device
 
 
 def main(args: argparse.Namespace) -> list[dict]:
@@ -26,10 +26,11 @@ def main(args: argparse.Namespace) -> list[dict]:
         check_scores_path(args.output)  # before any scoring
     lq_paths = expand_image_paths(args.lq, "--lq")
     refs = expand_image_paths(args.ref or [Path(args.dataset_dir) / DEFAULT_DIRS["ref_test"]], "--ref")
-    precision = resolve_precision(args.amp, device)
+    note_training_amp_in_testing(args.amp, args.eval_amp)
+    precision = resolve_precision(args.eval_amp, device)  # fp32 unless --eval_amp asks otherwise
     scorer = IQAScorer(args.studentNet_model_path, refs, self_patch_num=args.self_patch_num,
                        patch_size=args.patch_size, repeats=args.repeats, seed=args.seed,
-                       batch_size=args.batch_size, device=device, distillation_layer=args.distillation_layer,
+                       batch_size=args.test_batch_size, device=device, distillation_layer=args.distillation_layer,
                        upscale=args.upscale_small_images, autocast_dtype=precision.dtype)
     scores, failures = scorer.try_score(lq_paths)  # one bad image does not stop the others
     rows = [{"image": str(path), "score": float(score)}

@@ -16,6 +16,7 @@ from tools.utils import cleanup_distributed
 
 
 def main(args: argparse.Namespace) -> dict:
+    engine.check_student_training_set(args)
     run = engine.setup_run(args)
     try:
         teacher = engine.load_frozen_teacher(args, run.device)

@@ -119,12 +119,12 @@ def process_timing(workdir: Path, lq_dir: Path, ref: Path, checkpoint: Path, run
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     fast_cmd = [sys.executable, str(ROOT / "test_DistillationIQA_single.py"), "--lq", str(lq_dir),
                 "--ref", str(ref), "--repeats", "1", "--studentNet_model_path", str(checkpoint), "--gpu_ids", "cpu",
-                "--batch_size", "12"]
+                "--test_batch_size", "12"]
     plain_cmd = [sys.executable, str(Path(__file__).resolve()), "--plain-process", "--lq", str(lq_dir),
                  "--ref", str(ref), "--checkpoint", str(checkpoint)]
     commands = [("plain", plain_cmd), ("fast", fast_cmd)]
     if bf16:
-        commands.append(("fast_bf16", [*fast_cmd, "--amp", "bf16"]))
+        commands.append(("fast_bf16", [*fast_cmd, "--eval_amp", "bf16"]))
     best = {}
     for name, cmd in commands:
         times = []
@@ -215,7 +215,7 @@ def main() -> None:
             print(f"  test_DistillationIQA_single, fp32        {times['fast']:6.2f} s   "
                   f"speed-up {times['plain'] / times['fast']:.2f}x")
             if "fast_bf16" in times:
-                print(f"  test_DistillationIQA_single --amp bf16   {times['fast_bf16']:6.2f} s   "
+                print(f"  test_DistillationIQA_single --eval_amp bf16 {times['fast_bf16']:6.2f} s   "
                       f"speed-up {times['plain'] / times['fast_bf16']:.2f}x")
             bound = (plain_flops * args.images) / (fast_flops * args.images + ref_flops)
             print(f"  FLOP ratio plain / fast for {args.images} images: {bound:.2f}x "

@@ -36,6 +36,8 @@ class IQADataset(torch.utils.data.Dataset):
 
     mode 'lq': LQ patches only; 'lq_hq': LQ + pixel-aligned HQ patches (teacher; synthetic datasets
     only); 'lq_hq_ref': LQ + aligned HQ (when the dataset has one) + non-aligned reference patches.
+    'lq_hq' pairs get paired random flips and a 180-degree rotation in training, and also in evaluation
+    with `augment_eval` (as the original evaluated its teacher).
     Every random choice of item `index` in `epoch` comes from `np.random.default_rng([seed, epoch,
     index])`, so samples do not depend on worker processes or global random state.
     """
@@ -84,7 +86,7 @@ class IQADataset(torch.utils.data.Dataset):
     def __init__(self, root: str | os.PathLike, mode: str = "lq", *, patch_size: int = 224,
                  patch_num: int = 10, train: bool = False, content_ids: Sequence[int] | None = None,
                  ref_paths: Sequence[str | os.PathLike] | None = None, seed: int = 0, repeats: int = 1,
-                 upscale: bool = False) -> None:
+                 upscale: bool = False, augment_eval: bool = False) -> None:
         if mode not in MODES:
             raise UserError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
         if mode == "lq_hq" and not self.has_aligned_reference:
@@ -99,6 +101,7 @@ class IQADataset(torch.utils.data.Dataset):
             raise UserError(f"seed must be >= 0 (got {seed})")
         self.root = Path(root)
         self.mode, self.train = mode, train
+        self.augment_eval = augment_eval
         self.patch_size, self.patch_num = patch_size, patch_num
         self.seed, self.repeats, self.upscale = seed, repeats, upscale
         self.ref_paths = [Path(p) for p in ref_paths] if ref_paths else []
@@ -155,7 +158,8 @@ class IQADataset(torch.utils.data.Dataset):
                 raise UserError(f"{sample.lq_path} ({lq.shape[1]}x{lq.shape[0]}) and its reference "
                                 f"{sample.hq_path} ({hq.shape[1]}x{hq.shape[0]}) differ in size; "
                                 "they must be pixel-aligned")
-            lq_p, hq_p = paired_patches(lq, hq, rng, s, p, augment=self.train and self.mode == "lq_hq")
+            augment = self.mode == "lq_hq" and (self.train or self.augment_eval)
+            lq_p, hq_p = paired_patches(lq, hq, rng, s, p, augment=augment)
             item["lq"], item["hq"] = to_normalized_tensor(lq_p), to_normalized_tensor(hq_p)
         else:
             item["lq"] = to_normalized_tensor(independent_patches(lq, rng, s, p, flip=self.train))

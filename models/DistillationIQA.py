@@ -333,23 +333,30 @@ class DistillationIQANet(nn.Module):
         return checkpoint
 
     def _check_patch_num(self, state: Mapping[str, Tensor], where: str) -> None:
-        embed = state.get("MLP_encoder_lq.mlp.1.weight")
-        lda = state.get("lda1_process.0.weight")
-        if embed is None or lda is None or embed.dim() != 2:
-            return  # reported as missing keys
-        per_patch = len(STAGE_CHANNELS) * lda.shape[0]
-        if embed.shape[1] % per_patch:
-            return
-        needed = embed.shape[1] // per_patch
-        if needed != self.self_patch_num:
+        needed = checkpoint_patch_num(state)
+        if needed is not None and needed != self.self_patch_num:
             raise UserError(
                 f"{where} was made with self_patch_num={needed}, but the network was built with "
                 f"self_patch_num={self.self_patch_num}: pass --self_patch_num {needed}"
             )
 
 
-def extract_state_dict(checkpoint: object, where: str = "checkpoint") -> dict[str, Tensor]:
-    """The network's state dict from any accepted checkpoint layout, without `module.` prefixes or unused keys."""
+def checkpoint_patch_num(state: Mapping[str, Tensor]) -> int | None:
+    """The self_patch_num a state dict was made with (from its embedding width), or None if it cannot tell."""
+    embed = state.get("MLP_encoder_lq.mlp.1.weight")
+    lda = state.get("lda1_process.0.weight")
+    if embed is None or lda is None or embed.dim() != 2:
+        return None  # reported as missing keys
+    per_patch = len(STAGE_CHANNELS) * lda.shape[0]
+    if embed.shape[1] % per_patch:
+        return None
+    return embed.shape[1] // per_patch
+
+
+def extract_state_dict(checkpoint: object, where: str = "checkpoint", *,
+                       keep_unused: bool = False) -> dict[str, Tensor]:
+    """The network's state dict from any accepted checkpoint layout, without `module.` prefixes and (unless
+    `keep_unused`) without the released files' unused keys."""
     if not isinstance(checkpoint, Mapping):
         raise UserError(f"{where} is not a checkpoint: expected a dict of tensors, got {type(checkpoint).__name__}")
     state = checkpoint
@@ -363,7 +370,7 @@ def extract_state_dict(checkpoint: object, where: str = "checkpoint") -> dict[st
     for key, value in state.items():
         while key.startswith("module."):
             key = key[len("module."):]
-        if key not in UNUSED_CHECKPOINT_KEYS:
+        if keep_unused or key not in UNUSED_CHECKPOINT_KEYS:
             cleaned[key] = value
     return cleaned
 

@@ -12,6 +12,7 @@ from dataloaders import build_dataset, build_loader
 from models.DistillationIQA import DistillationIQANet
 from tests.dataset_fixtures import make_ref_pool, make_tid2013
 from tools import engine
+from tools.errors import UserError
 from tools.utils import DistInfo, resolve_precision
 
 
@@ -62,15 +63,46 @@ def test_kd_loss_zero_for_equal_weights_positive_otherwise(kind):
     assert len(s_diff) == 2  # distillation_layer 2 -> the last 2 blocks of the difference encoder
 
 
-def test_kd_pairs_every_difference_feature():
-    """All `distillation_layer` difference features are distilled (the original's zip kept only 11)."""
-    net = DistillationIQANet(self_patch_num=1, MLP_depth=9, distillation_layer=18, pretrained=False).eval()
-    x = torch.randn(1, 1, 3, 32, 32)
-    with torch.no_grad():
-        diff, lq, _ = net(x, x + 1)
-    assert len(diff) == 18 and len(lq) == 11
-    with pytest.raises(ValueError, match="18 student features vs 11"):
-        engine.feature_distillation_loss(diff, lq)
+# The table of which difference-encoder steps the original's zip distils (MLP depth 9: the difference encoder
+# has 18 blocks, the LQ encoder 9). Steps of the encoder: 0 = tokens after the rearrange, 1 = after the
+# embedding, 2 + b = after block b.
+ZIP_RULE_TABLE = {
+    9: [2 + b for b in range(9, 18)],           # blocks 9-17 (9 features)
+    11: [2 + b for b in range(7, 18)],          # blocks 7-17 (11)
+    18: [2 + b for b in range(0, 11)],          # blocks 0-10 (11)
+    20: [0, 1] + [2 + b for b in range(0, 9)],  # the rearranged input, the embedding, blocks 0-8 (11)
+}
+
+
+@pytest.mark.parametrize("d", sorted(ZIP_RULE_TABLE))
+def test_kd_distils_what_the_originals_zip_kept(d):
+    net = DistillationIQANet(self_patch_num=1, MLP_depth=9, distillation_layer=d, pretrained=False).eval()
+    steps: list[torch.Tensor] = []  # every step output of the difference encoder, in call order
+    hooks = [step.register_forward_hook(lambda m, i, out: steps.append(out)) for step in net.MLP_encoder_diff.mlp]
+    lq, hq, ref = (torch.randn(1, 1, 3, 32, 32, generator=torch.Generator().manual_seed(k)) for k in range(3))
+    try:
+        with torch.no_grad():
+            t_diff, t_lq, _ = net(lq, hq)   # the teacher's view
+            teacher_steps = list(steps)
+            steps.clear()
+            s_diff, s_lq, _ = net(lq, ref)  # the student's view
+            student_steps = list(steps)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(teacher_steps) == 2 + 18 + 2  # rearrange, embedding, 18 blocks, LayerNorm, mean
+    teacher, student = engine.select_distilled_features(t_diff, s_diff, t_lq, s_lq)
+    expected = ZIP_RULE_TABLE[d]
+    assert len(teacher) == len(student) == len(expected)
+    for k, step in enumerate(expected):
+        assert torch.equal(teacher[k], teacher_steps[step]) and torch.equal(student[k], student_steps[step])
+    every_t, every_s = engine.select_distilled_features(t_diff, s_diff, t_lq, s_lq, all_diff=True)
+    assert len(every_t) == len(every_s) == min(d, 20)  # the option: every returned difference feature
+
+
+def test_kd_with_nothing_to_distil_is_refused():
+    with pytest.raises(UserError, match="--distillation_layer leaves no difference feature"):
+        engine.select_distilled_features([], [], [torch.zeros(1)], [torch.zeros(1)])
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tools.metrics import compute_metrics, fit_logistic, logistic_4, oriented
+from tools.metrics import compute_metrics, fit_logistic, logistic_4, oriented, quality_sum
 
 
 def test_known_ranks():
@@ -71,10 +71,22 @@ def test_single_point_and_bad_input():
         compute_metrics([1, np.nan, 3], [1, 2, 3])
 
 
-def test_oriented_flips_correlations_for_lower_is_better():
+@pytest.mark.parametrize("trained_higher, test_higher, flips", [
+    (True, True, False),    # e.g. trained on KADID-10k, tested on TID2013
+    (True, False, True),    # trained on KADID-10k, tested on LIVE's DMOS
+    (False, False, False),  # trained and tested on LIVE's DMOS
+    (False, True, True),    # trained on LIVE's DMOS, tested on TID2013's MOS
+])
+def test_oriented_flips_exactly_when_the_label_directions_differ(trained_higher, test_higher, flips):
     m = compute_metrics([1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1], fit=False)
     assert m["srcc"] == pytest.approx(-1.0)
-    flipped = oriented(m, higher_is_better=False)
-    assert flipped["srcc"] == pytest.approx(1.0) and flipped["krcc"] == pytest.approx(1.0)
-    assert flipped["rmse"] == m["rmse"]
-    assert oriented(m, higher_is_better=True)["srcc"] == pytest.approx(-1.0)
+    out = oriented(m, trained_higher_is_better=trained_higher, test_higher_is_better=test_higher)
+    sign = -1.0 if flips else 1.0
+    for key in ("srcc", "plcc", "krcc"):
+        assert out[key] == pytest.approx(sign * m[key])
+    assert out["rmse"] == m["rmse"] and m["srcc"] == pytest.approx(-1.0)  # the input is not changed
+
+
+def test_quality_sum_is_the_originals_criterion_and_nan_never_wins():
+    assert quality_sum({"srcc": 0.5, "plcc": 0.25, "krcc": 0.125}) == pytest.approx(0.875)
+    assert quality_sum({"srcc": np.nan, "plcc": 0.9, "krcc": 0.9}) == -np.inf

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from dataloaders import (
+    DATASET_NAMES,
     build_dataset,
     build_loader,
     dataset_class,
@@ -31,7 +32,7 @@ from models.DistillationIQA import DistillationIQANet
 from tools import checkpoint as ckpt
 from tools import run_folder
 from tools.errors import UserError
-from tools.metrics import compute_metrics, oriented
+from tools.metrics import compute_metrics, oriented, quality_sum
 from tools.options import check_args
 from tools.utils import (
     DistInfo,
@@ -54,8 +55,13 @@ class Run:
     args: argparse.Namespace
     dist: DistInfo
     device: torch.device
-    precision: Precision
+    precision: Precision  # training
+    eval_precision: Precision | None = None  # evaluation; None = fp32
     lock: run_folder.RunLock | None = None
+
+    def evaluation_precision(self) -> Precision:
+        """The precision of evaluation: fp32 unless mixed precision was asked for it (--eval_amp)."""
+        return self.eval_precision or Precision(self.device.type, None)
 
     def close(self) -> None:
         """Release the checkpoint folder's lock (training runs)."""
@@ -77,9 +83,10 @@ def setup_run(args: argparse.Namespace, *, write_options: bool = True) -> Run:
     setup_logger(log_file, info.is_main)
     seed_everything(args.seed)
     precision = resolve_precision(args.amp, device)
-    get_logger().info(f"device {device}, precision {precision.dtype or 'fp32'}, "
-                      f"world size {info.world_size}, seed {args.seed}")
-    return Run(args, info, device, precision, lock)
+    eval_precision = resolve_precision(getattr(args, "eval_amp", "off"), device)
+    get_logger().info(f"device {device}, precision {precision.dtype or 'fp32'} "
+                      f"(evaluation {eval_precision.dtype or 'fp32'}), world size {info.world_size}, seed {args.seed}")
+    return Run(args, info, device, precision, eval_precision, lock)
 
 
 def build_network(args: argparse.Namespace, device: torch.device, *, weights: str | None = None,
@@ -101,6 +108,26 @@ def build_network(args: argparse.Namespace, device: torch.device, *, weights: st
     if getattr(args, "print_netC", False):
         get_logger().info(str(model))
     return model.to(device)
+
+
+def training_set_of(path: str | os.PathLike, default: str) -> tuple[str, str]:
+    """(training set, where that was read) of a checkpoint: its stored options (this project's files), else
+    `default` (--train_dataset; the authors' released files were trained on kadid10k)."""
+    checkpoint = ckpt.safe_torch_load(path)
+    stored = checkpoint.get("args") if isinstance(checkpoint, dict) else None
+    if isinstance(stored, dict) and stored.get("train_dataset") in DATASET_NAMES:
+        return stored["train_dataset"], "the checkpoint's options"
+    return default, "--train_dataset (the checkpoint stores no options)"
+
+
+def check_student_training_set(args: argparse.Namespace) -> None:
+    """The student's KD needs the teacher's view of each training image with its pixel-aligned reference:
+    an authentic training set (no aligned references) is refused at start."""
+    if not dataset_class(args.train_dataset).has_aligned_reference:
+        usable = ", ".join(n for n in DATASET_NAMES if dataset_class(n).has_aligned_reference)
+        raise UserError(f"--train_dataset {args.train_dataset}: the NAR-student cannot be trained on an authentic "
+                        "dataset: the teacher's knowledge distillation needs pixel-aligned HQ references, which it "
+                        f"lacks (train on one of {usable}; {args.train_dataset} can serve as a test set)")
 
 
 def load_frozen_teacher(args: argparse.Namespace, device: torch.device) -> DistillationIQANet:
@@ -135,6 +162,26 @@ def next_schedule(lr: float, lr_ratio: float, epoch: int, update_opt_epoch: int)
 
 
 # ---- knowledge distillation -------------------------------------------------------------------------
+def select_distilled_features(teacher_diff: Sequence[Tensor], student_diff: Sequence[Tensor],
+                              teacher_lq: Sequence[Tensor], student_lq: Sequence[Tensor], *,
+                              all_diff: bool = False) -> tuple[list[Tensor], list[Tensor]]:
+    """(teacher, student) difference-encoder features that enter the KD loss, paired in order.
+
+    Faithful rule: the original zips the four inner-feature lists, so only the first
+    n = min(len of each list) difference features are distilled (blocks 0-10 of 18 at the defaults).
+    `all_diff` distils every returned difference feature instead.
+    """
+    if all_diff:
+        if len(teacher_diff) != len(student_diff):
+            raise ValueError(f"{len(student_diff)} student features vs {len(teacher_diff)} teacher features")
+        n = len(teacher_diff)
+    else:
+        n = min(len(teacher_diff), len(student_diff), len(teacher_lq), len(student_lq))
+    if n == 0:
+        raise UserError("--distillation_layer leaves no difference feature to distil (it must be at least 1)")
+    return list(teacher_diff[:n]), list(student_diff[:n])
+
+
 def feature_distillation_loss(student: Sequence[Tensor], teacher: Sequence[Tensor], kind: str = "mse") -> Tensor:
     """Σ_k D(teacher_k, student_k) over paired inner features; D = mse | l1 | kldiv (over the feature axis)."""
     if len(student) != len(teacher):
@@ -165,9 +212,10 @@ def _to(batch: dict, key: str, device: torch.device) -> Tensor:
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                     run: Run, epoch: int, *, teacher: nn.Module | None = None, distillation_loss: str = "mse",
-                    feature_loss_ratio: float = 1.0, net_print: int = 2000) -> dict:
+                    feature_loss_ratio: float = 1.0, net_print: int = 2000, distill_all_diff: bool = False) -> dict:
     """One pass over `loader`. Without `teacher`: the FR-teacher (LQ vs aligned HQ). With it: the student
-    (LQ vs non-aligned reference) plus the KD loss on the difference-encoder features."""
+    (LQ vs non-aligned reference) plus the KD loss on the difference-encoder features chosen by
+    `select_distilled_features`."""
     logger = get_logger()
     model.train()
     set_loader_epoch(loader, epoch)
@@ -180,12 +228,14 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         lq, label = _to(batch, "lq", run.device), _to(batch, "label", run.device).float()
         ref = _to(batch, "hq" if teacher is None else "ref", run.device)
         with run.precision.autocast():
-            diff_inner, _, pred = model(lq, ref)
+            diff_inner, lq_inner, pred = model(lq, ref)
             loss = F.l1_loss(pred.float(), label)
             if teacher is not None:
                 with torch.no_grad():
-                    teacher_diff, _, _ = teacher(lq, _to(batch, "hq", run.device))
-                feature_loss = feature_distillation_loss(diff_inner, teacher_diff, distillation_loss)
+                    teacher_diff, teacher_lq, _ = teacher(lq, _to(batch, "hq", run.device))
+                distilled_t, distilled_s = select_distilled_features(teacher_diff, diff_inner, teacher_lq, lq_inner,
+                                                                     all_diff=distill_all_diff)
+                feature_loss = feature_distillation_loss(distilled_s, distilled_t, distillation_loss)
                 feature_losses.append(feature_loss.item())
                 loss = loss + feature_loss_ratio * feature_loss
         optimizer.zero_grad(set_to_none=True)
@@ -239,13 +289,16 @@ class TestSet:
 
 @torch.inference_mode()
 def predict(model: nn.Module, loader, run: Run, epoch: int, ref_key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image predictions (mean over the dataset's repeats) and labels, in dataset order."""
+    """Per-image predictions (mean over the dataset's repeats) and labels, in dataset order.
+
+    Runs in fp32 unless the run asks for mixed-precision evaluation (`Run.eval_precision`)."""
     model.eval()
     set_loader_epoch(loader, epoch)
+    precision = run.evaluation_precision()
     preds, indices = [], []
     for batch in loader:
         lq, ref = _to(batch, "lq", run.device), _to(batch, ref_key, run.device)
-        with run.precision.autocast():
+        with precision.autocast():
             _, _, pred = model(lq, ref)
         preds.append(pred.float().cpu())
         indices.append(torch.as_tensor(batch["index"]))
@@ -263,14 +316,17 @@ def predict(model: nn.Module, loader, run: Run, epoch: int, ref_key: str) -> tup
 
 
 def evaluate(model: nn.Module, test_sets: Sequence[TestSet], run: Run, epoch: int, ref_key: str,
-             fit: bool = True) -> dict[str, dict]:
-    """Metrics per test set, oriented so that a good model is positive also on lower-is-better labels."""
+             fit: bool = True, *, trained_higher_is_better: bool) -> dict[str, dict]:
+    """Metrics per test set, oriented so that a model that ranks right is positive: the sign flips where the
+    test set's label direction differs from that of the model's training set (`trained_higher_is_better`)."""
     results = {}
     for test_set in test_sets:
         pred, labels = predict(model, test_set.loader, run, epoch, ref_key)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            metrics = oriented(compute_metrics(pred, labels, fit=fit), test_set.higher_is_better)
+            metrics = oriented(compute_metrics(pred, labels, fit=fit),
+                               trained_higher_is_better=trained_higher_is_better,
+                               test_higher_is_better=test_set.higher_is_better)
         metrics["pred"], metrics["label"] = pred, labels
         results[test_set.name] = metrics
     return results
@@ -284,7 +340,9 @@ def build_test_sets(args: argparse.Namespace, names: Sequence[str], mode: str, *
                     ref_folder: str | None = None, batch_size: int | None = None) -> list[TestSet]:
     """Test loaders for the datasets that are on disk; missing ones are skipped with a warning naming the path.
 
-    The teacher ('lq_hq') cannot be evaluated on authentic datasets: those are skipped with a warning.
+    The teacher ('lq_hq') cannot be evaluated on authentic datasets: those are skipped with a warning. Its
+    patch pairs get the paired random flips and 180-degree rotation, as the original evaluated it, unless
+    --teacher_test_augment false.
     """
     logger = get_logger()
     ref_paths = list_reference_images(ref_folder) if mode == "lq_hq_ref" else None
@@ -299,7 +357,8 @@ def build_test_sets(args: argparse.Namespace, names: Sequence[str], mode: str, *
             continue
         dataset = build_dataset(name, root, mode, patch_size=args.patch_size, patch_num=args.self_patch_num,
                                 train=False, content_ids=content_ids, ref_paths=ref_paths, seed=args.seed,
-                                repeats=args.test_patch_num, upscale=args.upscale_small_images)
+                                repeats=args.test_patch_num, upscale=args.upscale_small_images,
+                                augment_eval=mode == "lq_hq" and getattr(args, "teacher_test_augment", True))
         loader = build_loader(dataset, batch_size or args.test_batch_size, shuffle=False, seed=args.seed,
                               num_workers=args.num_workers, distributed=False)
         test_sets.append(TestSet(name, loader, dataset.higher_is_better))
@@ -327,9 +386,31 @@ def _format_metrics(results: dict[str, dict]) -> str:
                      for name, m in results.items())
 
 
+WORST_QUALITY_SUM = -3.0  # SRCC + PLCC + KRCC of a model that ranks exactly backwards
+
+
 def _score(results: dict[str, dict]) -> float:
-    values = [m["srcc"] for m in results.values() if not math.isnan(m["srcc"])]
+    """The mean over the test sets of SRCC + PLCC + KRCC; a test set where it is NaN (e.g. constant predictions)
+    counts as the worst sum, -3. -inf without test sets."""
+    values = [max(quality_sum(m), WORST_QUALITY_SUM) for m in results.values()]
     return float(np.mean(values)) if values else float("-inf")
+
+
+def update_best(best: dict, per_dataset_best: dict[str, dict], results: dict[str, dict], epoch: int) -> bool:
+    """Best-on-test bookkeeping after `epoch`, by SRCC + PLCC + KRCC (the original's criterion).
+
+    Per dataset: the epoch with the highest sum; a NaN sum never wins there, and a NaN best is replaced by
+    any later number. `best` (for best.pth): the highest mean of the sums over the test sets, a NaN sum
+    counting as the worst, -3. Returns whether `best` changed (best.pth is written then).
+    """
+    score = _score(results)
+    improved = best["epoch"] is None or score > best["score"]
+    if improved:
+        best.update({"score": score, "epoch": epoch, "metrics": results})
+    for name, m in results.items():
+        if name not in per_dataset_best or quality_sum(m) > quality_sum(per_dataset_best[name]):
+            per_dataset_best[name] = {**m, "epoch": epoch}
+    return improved
 
 
 def _plain(results: dict[str, dict]) -> dict[str, dict]:
@@ -462,14 +543,16 @@ def _train_round(run: Run, role: Role, build_model, train_loader, test_sets, rou
                 stats = train_one_epoch(net, train_loader, optimizer, scaler, run, epoch, teacher=role.teacher,
                                         distillation_loss=getattr(args, "distillation_loss", "mse"),
                                         feature_loss_ratio=getattr(args, "feature_loss_ratio", 1.0),
-                                        net_print=args.net_print)
+                                        net_print=args.net_print,
+                                        distill_all_diff=getattr(args, "distill_all_diff_features", False))
                 if not all(bool(torch.isfinite(p).all()) for p in model.trainable_parameters()):
                     raise NonFiniteLossError(f"the weights became NaN or infinite in epoch {epoch}")
             except NonFiniteLossError as err:
                 raise NonFiniteLossError(f"training stopped: {err} (try a lower --lr); nothing of this epoch "
                                          f"was saved, the checkpoints already in {models_dir} are kept") from None
         try:
-            results = evaluate(model, test_sets, run, epoch, role.test_ref_key, args.use_fitting_prcc_srcc) \
+            results = evaluate(model, test_sets, run, epoch, role.test_ref_key, args.use_fitting_prcc_srcc,
+                               trained_higher_is_better=dataset_class(args.train_dataset).higher_is_better) \
                 if run.dist.is_main else {}
         except Exception as err:  # a bad test image, a vanished file ...: keep the trained epoch
             path = os.path.join(models_dir, "last.pth")
@@ -484,13 +567,7 @@ def _train_round(run: Run, role: Role, build_model, train_loader, test_sets, rou
         for name, m in last_metrics.items():
             row.update({f"{name}_srcc": m["srcc"], f"{name}_plcc": m["plcc"], f"{name}_krcc": m["krcc"]})
         history.append(row)
-        score = _score(results)
-        improved = score > best["score"] or best["epoch"] is None
-        if improved:
-            best = {"score": score, "epoch": epoch, "metrics": last_metrics}
-        for name, m in last_metrics.items():
-            if name not in per_dataset_best or m["srcc"] > per_dataset_best[name]["srcc"]:
-                per_dataset_best[name] = {**m, "epoch": epoch}
+        improved = update_best(best, per_dataset_best, last_metrics, epoch)
         logger.info(f"round {round_index + 1} epoch {epoch}: loss {stats['loss']:.4f} "
                     f"train SRCC {stats['train_srcc']:.4f}  {_format_metrics(results)}  "
                     f"[{stats['samples_per_s']:.1f} samples/s, {100 * stats['data_share']:.0f}% waiting for data]")

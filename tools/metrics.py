@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -88,11 +89,21 @@ def compute_metrics(pred: Sequence[float], mos: Sequence[float], fit: bool = Tru
     }
 
 
-def oriented(metrics: dict, higher_is_better: bool) -> dict:
-    """Correlations with the sign flipped for lower-is-better labels (DMOS), so that good models read positive."""
-    if higher_is_better:
+def oriented(metrics: dict, *, trained_higher_is_better: bool, test_higher_is_better: bool) -> dict:
+    """Correlations oriented so that a model that ranks quality right reads positive.
+
+    A model predicts in the direction of its training labels, so the sign flips exactly when the
+    training set's and the test set's label directions differ (e.g. trained on MOS, tested on DMOS).
+    """
+    if trained_higher_is_better == test_higher_is_better:
         return dict(metrics)
     flipped = dict(metrics)
     for key in ("srcc", "plcc", "krcc"):
         flipped[key] = -metrics[key]
     return flipped
+
+
+def quality_sum(metrics: dict) -> float:
+    """SRCC + PLCC + KRCC (the original's criterion for the best epoch); -inf where any of them is NaN."""
+    total = metrics["srcc"] + metrics["plcc"] + metrics["krcc"]
+    return float("-inf") if math.isnan(total) else float(total)

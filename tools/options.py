@@ -50,28 +50,38 @@ def dataset_name(value: str) -> str:
     return dataset_list(value)[0] if value else value
 
 
-def add_network_args(parser: argparse.ArgumentParser) -> None:
+NO_EFFECT_IN_TESTING = "accepted so that command lines written for the original run unchanged; no effect in testing"
+
+
+def add_network_args(parser: argparse.ArgumentParser, *, testing: bool = False) -> None:
     group = parser.add_argument_group("network")
     group.add_argument("--self_patch_num", type=int, default=10, help="number of training & testing image self patches")
     group.add_argument("--patch_size", type=int, default=224, help="crop size for training & testing image patches")
-    group.add_argument("--distillation_layer", type=int, default=18, help="last xth layers of HQ-MLP for distillation")
+    group.add_argument("--distillation_layer", type=int, default=18,
+                       help="last xth layers of HQ-MLP for distillation (the KD distils the first n of them, "
+                            "n = min(this, LQ-MLP depth + 2): see --distill_all_diff_features)"
+                       + (f"; {NO_EFFECT_IN_TESTING}" if testing else ""))
     group.add_argument("--pretrained", type=pretrained_value, default=True, metavar="false|true|PATH",
                        help="backbone weights: true = torchvision's ImageNet weights (cache or download), "
                             "false = random (no network), or a local ResNet-50 state-dict file")
     group.add_argument("--print_netC", type=str2bool, default=False, help="print the network")
 
 
-def add_runtime_args(parser: argparse.ArgumentParser) -> None:
+def add_runtime_args(parser: argparse.ArgumentParser, *, testing: bool = False) -> None:
     group = parser.add_argument_group("runtime")
     group.add_argument("--gpu_ids", type=str, default="0",
                        help="GPU id to use; 'cpu', '-1' or '' selects the CPU (also used when no GPU exists)")
     group.add_argument("--seed", type=int, default=0, help="seed of every random choice (crops, references, init)")
     group.add_argument("--num_workers", type=int, default=4, help="data-loading worker processes")
     group.add_argument("--amp", choices=["auto", "off", "fp16", "bf16"], default="auto",
-                       help="mixed precision: auto = fp16 on CUDA, off on CPU; bf16 also works on CPU")
+                       help=("no effect in testing (the precision of training); see --eval_amp" if testing else
+                             "mixed precision of training: auto = fp16 on CUDA, off on CPU; bf16 also works on CPU"))
+    group.add_argument("--eval_amp", choices=["off", "auto", "fp16", "bf16"], default="off",
+                       help="mixed precision of evaluation: off = fp32, as the original evaluated (default); "
+                            "auto = fp16 on CUDA, off on CPU; bf16 also works on CPU")
 
 
-def add_data_args(parser: argparse.ArgumentParser, test_datasets: str) -> None:
+def add_data_args(parser: argparse.ArgumentParser, test_datasets: str, *, teacher_evaluation: bool = True) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--dataset_dir", type=str, default="./dataset",
                        help="folder holding the datasets in their default sub-folders")
@@ -94,38 +104,56 @@ def add_data_args(parser: argparse.ArgumentParser, test_datasets: str) -> None:
                        help="upscale images smaller than the patch size instead of refusing them")
     group.add_argument("--use_fitting_prcc_srcc", type=str2bool, default=True,
                        help="fit the 4-parameter logistic before PLCC")
+    if teacher_evaluation:
+        group.add_argument("--teacher_test_augment", type=str2bool, default=True,
+                           help="evaluate the FR-teacher on patch pairs with the paired random flips and 180-degree "
+                                "rotation of training (seeded), as the original did (default true); false: plain "
+                                "crops. The student is always evaluated on plain crops")
 
 
 def add_training_args(parser: argparse.ArgumentParser, *, checkpoint_dir: str, update_opt_epoch: int,
-                      lr_ratio: float) -> None:
-    group = parser.add_argument_group("training")
-    group.add_argument("--train_dataset", type=dataset_name, default="kadid10k",
-                       help=f"support datasets: {DATASET_HELP}")
-    group.add_argument("--test_dataset", type=dataset_name, default="live",
-                       help="equal to --train_dataset: within-dataset protocol (80/20 content splits, "
-                            "--train_test_num rounds, median); otherwise cross-dataset on --test_datasets")
-    group.add_argument("--train_patch_num", type=int, default=1, help="number of sample patches from training image")
-    group.add_argument("--lr", dest="lr", type=float, default=2e-5, help="learning rate")
-    group.add_argument("--lr_ratio", type=float, default=lr_ratio,
-                       help="lr multiplier of everything but the backbone (becomes 1 after epoch 20)")
-    group.add_argument("--weight_decay", type=float, default=5e-4, help="weight decay")
-    group.add_argument("--batch_size", type=int, default=32, help="batch size")
-    group.add_argument("--epochs", type=int, default=100, help="epochs for training")
-    group.add_argument("--train_test_num", type=int, default=1, help="train-test times (within-dataset protocol)")
-    group.add_argument("--update_opt_epoch", type=int, default=update_opt_epoch,
-                       help="after epoch t the lr becomes lr / 10^(t // update_opt_epoch)")
-    group.add_argument("--use_refHQ", type=str2bool, default=True, help="use the HQ reference (must stay true)")
-    group.add_argument("--freeze_backbone_bn", action="store_true",
-                       help="keep the backbone's BatchNorm in eval mode while training (not in the original; "
-                            "helps a randomly initialised backbone)")
-    group.add_argument("--net_print", type=int, default=2000, help="log the loss every N iterations")
-    group.add_argument("--setting_file", type=str, default="setting.txt")
-    group.add_argument("--checkpoint_dir", type=str, default=checkpoint_dir)
-    group.add_argument("--resume", nargs="?", const="last", default=None, metavar="PATH",
-                       help="continue from <checkpoint_dir>/models/last.pth (or the given checkpoint)")
-    group.add_argument("--overwrite", action="store_true",
-                       help="start afresh in a --checkpoint_dir that holds a run: delete that run's checkpoints, "
-                            "metrics and log first")
+                      lr_ratio: float, testing: bool = False) -> None:
+    """The training options. With `testing`, only the original's options (the original test scripts parsed
+    the training parser), each marked as having no effect unless it does."""
+    group = parser.add_argument_group("options of the original's training parser" if testing else "training")
+
+    def add(name: str, *, original: bool = True, effect: str | None = None, **kwargs) -> None:
+        if testing and not original:
+            return
+        if testing:
+            kwargs["help"] = effect or (kwargs.get("help", "") + f" ({NO_EFFECT_IN_TESTING})").lstrip()
+        group.add_argument(name, **kwargs)
+
+    add("--train_dataset", type=dataset_name, default="kadid10k", help=f"support datasets: {DATASET_HELP}",
+        effect="the training set of a checkpoint that does not store its options (the authors' files: kadid10k); "
+               "its label direction orients the correlations. Checkpoints of this project know their own")
+    add("--test_dataset", type=dataset_name, default=None if testing else "live",
+        help="equal to --train_dataset: within-dataset protocol (80/20 content splits, "
+             "--train_test_num rounds, median); otherwise cross-dataset on --test_datasets",
+        effect="test on this dataset only (the original's option); default: the --test_datasets list")
+    add("--train_patch_num", type=int, default=1, help="number of sample patches from training image")
+    add("--lr", dest="lr", type=float, default=2e-5, help="learning rate")
+    add("--lr_ratio", original=False, type=float, default=lr_ratio,
+        help="lr multiplier of everything but the backbone (becomes 1 from epoch 22 on: after epoch t > 20)")
+    add("--weight_decay", type=float, default=5e-4, help="weight decay")
+    add("--batch_size", type=int, default=32, help="batch size")
+    add("--epochs", type=int, default=100, help="epochs for training")
+    add("--train_test_num", type=int, default=1, help="train-test times (within-dataset protocol)")
+    add("--update_opt_epoch", type=int, default=update_opt_epoch,
+        help="after epoch t the lr becomes lr / 10^(t // update_opt_epoch), compounding")
+    add("--use_refHQ", type=str2bool, default=True, help="use the HQ reference (must stay true)")
+    add("--freeze_backbone_bn", original=False, action="store_true",
+        help="keep the backbone's BatchNorm in eval mode while training (not in the original; "
+             "helps a randomly initialised backbone)")
+    add("--net_print", type=int, default=2000, help="log the loss every N iterations")
+    if not testing:  # the test script defines its own (it writes its results there)
+        add("--setting_file", type=str, default="setting.txt")
+        add("--checkpoint_dir", type=str, default=checkpoint_dir)
+    add("--resume", original=False, nargs="?", const="last", default=None, metavar="PATH",
+        help="continue from <checkpoint_dir>/models/last.pth (or the given checkpoint)")
+    add("--overwrite", original=False, action="store_true",
+        help="start afresh in a --checkpoint_dir that holds a run: delete that run's checkpoints, "
+             "metrics and log first")
 
 
 def finalize_args(args: argparse.Namespace) -> argparse.Namespace:

@@ -137,3 +137,10 @@ def resolve_precision(amp: str, device: torch.device) -> Precision:
     if amp == "fp16" and device.type != "cuda":
         raise UserError("--amp fp16 needs a CUDA device; on the CPU use --amp bf16 or --amp off")
     return Precision(device.type, torch.float16 if amp == "fp16" else torch.bfloat16)
+
+
+def note_training_amp_in_testing(amp: str, eval_amp: str) -> None:
+    """In a test script, `--amp fp16|bf16` alone does not change the evaluation's precision: say so once."""
+    if amp in ("fp16", "bf16") and eval_amp == "off":
+        print(f"note: --amp {amp} sets the precision of training; evaluation runs in fp32 "
+              f"(ask for mixed precision with --eval_amp {amp})", file=sys.stderr)
