@@ -183,7 +183,6 @@ def test_student_step_routes_inputs_detaches_teacher_and_weights_the_kd_loss():
 # Relies on the original's zip rule: only the first n = min(len(teacher diff), len(student diff),
 # len(teacher LQ), len(student LQ)) difference features are distilled. With 5 difference features and LQ lists
 # of 4 (teacher) and 2 (student) entries, n = 2: features 0 and 1 only.
-@pytest.mark.xfail(strict=True, reason="zip rule lands with issue 8")
 def test_student_step_distils_the_first_n_difference_features_zip_rule():
     student = RecordingNet(n_diff=5, n_lq=2, seed=3, trainable=True)
     teacher = RecordingNet(n_diff=5, n_lq=4, seed=4, trainable=False)
