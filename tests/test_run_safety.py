@@ -50,11 +50,20 @@ def train_teacher(data: Path, folder: Path, *extra: str) -> dict:
     return train_DistillationIQA_FR.main(args)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is as fast, and much faster on a busy machine (as the end-to-end tests run)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("safety") / "dataset"
-    make_kadid(root / "kadid10k", n_refs=3)
-    make_tid2013(root / "TID2013", n_refs=2)
+    make_kadid(root / "kadid10k", n_refs=2)  # 8 training images: 2 steps of 4
+    make_tid2013(root / "TID2013", n_refs=2, n_levels=1)  # 6 test images
     make_ref_pool(root / "DIV2K_ref" / "val_HR", n=2)
     return root
 
