@@ -29,6 +29,8 @@ def main(args: argparse.Namespace) -> list[dict]:
                        patch_size=args.patch_size, repeats=args.repeats, seed=args.seed,
                        batch_size=args.test_batch_size, device=device, distillation_layer=args.distillation_layer,
                        upscale=args.upscale_small_images, autocast_dtype=precision.dtype)
+    if args.print_netC:
+        print(scorer.net)
     scores = scorer.score(lq_paths)
     rows = [{"image": str(path), "score": float(score)} for path, score in zip(lq_paths, scores)]
     width = max(len(r["image"]) for r in rows)
