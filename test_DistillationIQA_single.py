@@ -32,6 +32,8 @@ def main(args: argparse.Namespace) -> list[dict]:
                        patch_size=args.patch_size, repeats=args.repeats, seed=args.seed,
                        batch_size=args.test_batch_size, device=device, distillation_layer=args.distillation_layer,
                        upscale=args.upscale_small_images, autocast_dtype=precision.dtype)
+    if args.print_netC:
+        print(scorer.net)
     scores, failures = scorer.try_score(lq_paths)  # one bad image does not stop the others
     rows = [{"image": str(path), "score": float(score)}
             for i, (path, score) in enumerate(zip(lq_paths, scores)) if i not in failures]
