@@ -47,7 +47,7 @@ EXPERIMENT_OPTIONS = (
     "train_dataset", "test_dataset", "train_test_num", "train_patch_num", "patch_size", "self_patch_num",
     "distillation_layer", "seed", "lr", "lr_ratio", "weight_decay", "batch_size", "update_opt_epoch",
     "freeze_backbone_bn", "upscale_small_images", "amp", "use_refHQ", "distillation_loss", "feature_loss_ratio",
-    "test_patch_num", "use_fitting_prcc_srcc",
+    "test_patch_num", "use_fitting_prcc_srcc", "distill_all_diff_features", "teacher_test_augment", "eval_amp",
 )
 MAY_CHANGE_OPTIONS = (
     "epochs", "num_workers", "gpu_ids", "net_print", "print_netC", "test_datasets", "test_batch_size",
@@ -55,6 +55,7 @@ MAY_CHANGE_OPTIONS = (
     "livec_path", "bid_path", "pipal_path", "ref_train_dataset_path", "ref_test_dataset_path",
     "ref_folder_paths", "teacherNet_model_path", "studentNet_model_path", "pretrained", "checkpoint_dir",
     "model_checkpoint_dir", "result_checkpoint_dir", "log_checkpoint_dir", "setting_file", "resume", "overwrite",
+    "ref_cache_gb",
 )
 _NOT_LOGGED = {"model_checkpoint_dir", "result_checkpoint_dir", "log_checkpoint_dir", "setting_file", "resume",
                "dataset_paths"}  # derived from other options, or the resume option itself
