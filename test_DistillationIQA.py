@@ -28,7 +28,7 @@ def evaluate_rounds(model, test_sets, run, rounds: int, ref_key: str, fit: bool)
         for name, metrics in engine.evaluate(model, test_sets, run, r, ref_key, fit).items():
             per_dataset[name].append(metrics)
             get_logger().info(f"round {r}: {name} SRCC {metrics['srcc']:.4f} PLCC {metrics['plcc']:.4f} "
-                              f"KRCC {metrics['krcc']:.4f}")
+                              f"KRCC {metrics['krcc']:.4f} ({engine.images_per_s(metrics):.1f} images/s)")
     return per_dataset
 
 
@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> dict:
                        "lq_hq", "hq"))
     rows, report = [], {}
     for model_name, model, mode, ref_key in models:
-        test_sets = engine.build_test_sets(args, args.test_datasets, mode,
+        test_sets = engine.build_test_sets(args, args.test_datasets, mode, ref_cache=run.ref_cache,
                                            ref_folder=args.ref_test_dataset_path if mode == "lq_hq_ref" else None)
         if not test_sets:
             get_logger().warning(f"warning: no test dataset found for the {model_name}")

@@ -27,6 +27,8 @@ from dataloaders import (
     set_loader_epoch,
     split_contents,
 )
+from dataloaders.ref_cache import ReferenceCache, build_reference_cache
+from dataloaders.sampling import to_model_input
 from models.DistillationIQA import DistillationIQANet
 from tools import checkpoint as ckpt
 from tools.errors import UserError
@@ -54,6 +56,7 @@ class Run:
     dist: DistInfo
     device: torch.device
     precision: Precision
+    ref_cache: ReferenceCache | None = None
 
 
 def setup_run(args: argparse.Namespace, *, write_options: bool = True) -> Run:
@@ -67,7 +70,9 @@ def setup_run(args: argparse.Namespace, *, write_options: bool = True) -> Run:
     precision = resolve_precision(args.amp, device)
     get_logger().info(f"device {device}, precision {precision.dtype or 'fp32'}, "
                       f"world size {info.world_size}, seed {args.seed}")
-    return Run(args, info, device, precision)
+    ref_cache = build_reference_cache(getattr(args, "ref_cache_gb", 0), getattr(args, "num_workers", 0))
+    get_logger().info(ref_cache.describe() if ref_cache is not None else "reference cache: off")
+    return Run(args, info, device, precision, ref_cache)
 
 
 def build_network(args: argparse.Namespace, device: torch.device, *, weights: str | None = None) -> DistillationIQANet:
@@ -138,7 +143,8 @@ def feature_distillation_loss(student: Sequence[Tensor], teacher: Sequence[Tenso
 
 # ---- one epoch --------------------------------------------------------------------------------------
 def _to(batch: dict, key: str, device: torch.device) -> Tensor:
-    return batch[key].to(device, non_blocking=True)
+    """batch[key] on `device`; uint8 patches are normalised there (see to_model_input)."""
+    return to_model_input(batch[key], device)
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -243,11 +249,14 @@ def evaluate(model: nn.Module, test_sets: Sequence[TestSet], run: Run, epoch: in
     """Metrics per test set, oriented so that a good model is positive also on lower-is-better labels."""
     results = {}
     for test_set in test_sets:
+        start = time.perf_counter()
         pred, labels = predict(model, test_set.loader, run, epoch, ref_key)
+        seconds = time.perf_counter() - start
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             metrics = oriented(compute_metrics(pred, labels, fit=fit), test_set.higher_is_better)
         metrics["pred"], metrics["label"] = pred, labels
+        metrics["images"], metrics["seconds"] = len(test_set.loader.dataset), seconds
         results[test_set.name] = metrics
     return results
 
@@ -257,10 +266,12 @@ def dataset_root(args: argparse.Namespace, name: str) -> Path:
 
 
 def build_test_sets(args: argparse.Namespace, names: Sequence[str], mode: str, *, content_ids=None,
-                    ref_folder: str | None = None, batch_size: int | None = None) -> list[TestSet]:
+                    ref_folder: str | None = None, batch_size: int | None = None,
+                    ref_cache: ReferenceCache | None = None) -> list[TestSet]:
     """Test loaders for the datasets that are on disk; missing ones are skipped with a warning naming the path.
 
     The teacher ('lq_hq') cannot be evaluated on authentic datasets: those are skipped with a warning.
+    Their reference images go into `ref_cache` when given.
     """
     logger = get_logger()
     ref_paths = list_reference_images(ref_folder) if mode == "lq_hq_ref" else None
@@ -275,7 +286,8 @@ def build_test_sets(args: argparse.Namespace, names: Sequence[str], mode: str, *
             continue
         dataset = build_dataset(name, root, mode, patch_size=args.patch_size, patch_num=args.self_patch_num,
                                 train=False, content_ids=content_ids, ref_paths=ref_paths, seed=args.seed,
-                                repeats=args.test_patch_num, upscale=args.upscale_small_images)
+                                repeats=args.test_patch_num, upscale=args.upscale_small_images,
+                                ref_cache=ref_cache)
         loader = build_loader(dataset, batch_size or args.test_batch_size, shuffle=False, seed=args.seed,
                               num_workers=args.num_workers, distributed=False)
         test_sets.append(TestSet(name, loader, dataset.higher_is_better))
@@ -296,6 +308,16 @@ class Role:
 def _format_metrics(results: dict[str, dict]) -> str:
     return "  ".join(f"{name}: SRCC {m['srcc']:.4f} PLCC {m['plcc']:.4f} KRCC {m['krcc']:.4f}"
                      for name, m in results.items())
+
+
+def images_per_s(metrics: dict) -> float:
+    """Evaluation throughput of one test set's results (image crop sets scored per second)."""
+    return metrics["images"] / metrics["seconds"] if metrics["seconds"] else float("nan")
+
+
+def _eval_rate(results: dict[str, dict]) -> str:
+    seconds = sum(m["seconds"] for m in results.values())
+    return f"; evaluation {sum(m['images'] for m in results.values()) / seconds:.1f} images/s" if seconds else ""
 
 
 def _score(results: dict[str, dict]) -> float:
@@ -333,7 +355,8 @@ def train_and_evaluate(run: Run, role: Role, build_model: Callable[[], Distillat
         train_set = build_dataset(args.train_dataset, train_root, role.train_mode, patch_size=args.patch_size,
                                   patch_num=args.self_patch_num, train=True, content_ids=train_ids,
                                   ref_paths=ref_train, seed=args.seed + round_index,
-                                  repeats=args.train_patch_num, upscale=args.upscale_small_images)
+                                  repeats=args.train_patch_num, upscale=args.upscale_small_images,
+                                  ref_cache=run.ref_cache)
         world = run.dist.world_size
         if args.batch_size % world:
             raise UserError(f"--batch_size {args.batch_size} must be divisible by the {world} processes")
@@ -344,7 +367,8 @@ def train_and_evaluate(run: Run, role: Role, build_model: Callable[[], Distillat
             names = [args.test_dataset] if within else args.test_datasets
             test_mode = "lq_hq_ref" if role.train_mode == "lq_hq_ref" else "lq_hq"
             test_sets = build_test_sets(args, names, test_mode, content_ids=test_ids,
-                                        ref_folder=args.ref_test_dataset_path if test_mode == "lq_hq_ref" else None)
+                                        ref_folder=args.ref_test_dataset_path if test_mode == "lq_hq_ref" else None,
+                                        ref_cache=run.ref_cache)
         logger.info(f"round {round_index + 1}/{rounds}: {len(train_set)} training samples from "
                     f"{args.train_dataset}; testing on {[t.name for t in test_sets] or 'nothing'}")
         resumed = state if state and state.get("round", 0) == round_index else None
@@ -420,7 +444,8 @@ def _train_round(run: Run, role: Role, build_model, train_loader, test_sets, rou
                 per_dataset_best[name] = {**m, "epoch": epoch}
         logger.info(f"round {round_index + 1} epoch {epoch}: loss {stats['loss']:.4f} "
                     f"train SRCC {stats['train_srcc']:.4f}  {_format_metrics(results)}  "
-                    f"[{stats['samples_per_s']:.1f} samples/s, {100 * stats['data_share']:.0f}% waiting for data]")
+                    f"[{stats['samples_per_s']:.1f} samples/s, {100 * stats['data_share']:.0f}% waiting for data"
+                    f"{_eval_rate(results)}]")
 
         lr, lr_ratio = next_schedule(lr, lr_ratio, epoch, args.update_opt_epoch)
         optimizer = make_optimizer(model, lr, lr_ratio, args.weight_decay)  # rebuilt each epoch, as the original

@@ -93,6 +93,10 @@ def add_data_args(parser: argparse.ArgumentParser, test_datasets: str) -> None:
                        help="upscale images smaller than the patch size instead of refusing them")
     group.add_argument("--use_fitting_prcc_srcc", type=str2bool, default=True,
                        help="fit the 4-parameter logistic before PLCC")
+    group.add_argument("--ref_cache_gb", type=float, default=None, metavar="GB",
+                       help="memory for decoded reference images, kept once and shared by the loader workers "
+                            "(default: min(16, a quarter of the available memory), divided among the processes "
+                            "of a torchrun on one machine; 0 = off: decode them per sample)")
 
 
 def add_training_args(parser: argparse.ArgumentParser, *, checkpoint_dir: str, update_opt_epoch: int,
@@ -145,6 +149,8 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
         value = getattr(args, option, None)
         if value is not None and value < 1:
             raise UserError(f"--{option} must be at least 1, got {value}")
+    if (getattr(args, "ref_cache_gb", None) or 0) < 0:
+        raise UserError(f"--ref_cache_gb must be 0 (off) or more, got {args.ref_cache_gb}")
     if getattr(args, "num_workers", 0) < 0:
         raise UserError(f"--num_workers must be 0 or more, got {args.num_workers}")
     if getattr(args, "use_refHQ", True) is False:
