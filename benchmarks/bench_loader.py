@@ -4,14 +4,15 @@ Generates a KADID-format dataset (512x384 PNGs) and a pool of DIV2K-sized (2040x
 references in a temporary folder, then times `build_loader` with 0 and 2 workers along four paths:
 
   float          the path before the reference cache: every sample decodes its 2K reference, patches are
-                 normalised to float32 in the loader (reproduced here by normalising the uint8 items on the CPU)
+                 normalised to float32 in the loader (reproduced here: the uint8 items normalised with numpy,
+                 as the loader did)
   float + cache  the same with the reference cache (non-aligned pool and aligned references)
   uint8 + cache  what the scripts do now: cached references, uint8 patches, normalised on the device
   uint8 + cache of the pool only   the aligned (KADID) references decoded per sample, to show what caching
                  them adds
 
 and breaks one sample down into its steps. Run:
-`python benchmarks/bench_loader.py [--samples 256] [--batch_size 32] [--workers 0,2]`.
+`python benchmarks/bench_loader.py [--samples 256] [--batch_size 32] [--workers 0,2] [--threads 1]`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dataloaders as dl  # noqa: E402
 from dataloaders.ref_cache import ReferenceCache, default_budget_gb  # noqa: E402
 from dataloaders.sampling import (  # noqa: E402
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     independent_patches,
     normalize_patches,
     paired_patches,
@@ -73,8 +76,12 @@ def student_dataset(kadid: Path, refs: list[Path], repeats: int) -> dl.IQADatase
     return dl.build_dataset("kadid10k", kadid, "lq_hq_ref", train=True, ref_paths=refs, repeats=repeats)
 
 
+_SCALE = (1.0 / (255.0 * np.array(IMAGENET_STD))).astype(np.float32).reshape(1, 3, 1, 1)
+_BIAS = (-np.array(IMAGENET_MEAN) / np.array(IMAGENET_STD)).astype(np.float32).reshape(1, 3, 1, 1)
+
+
 class FloatPatches(Dataset):
-    """The float path: each item's patches normalised to float32 on the CPU, inside the loader."""
+    """The float path as it was: each item's patches normalised to float32 with numpy, inside the loader."""
 
     def __init__(self, dataset: dl.IQADataset) -> None:
         self.dataset = dataset
@@ -82,9 +89,16 @@ class FloatPatches(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    @staticmethod
+    def normalise(patches: torch.Tensor) -> torch.Tensor:
+        x = patches.numpy().astype(np.float32)
+        x *= _SCALE
+        x += _BIAS
+        return torch.from_numpy(x)
+
     def __getitem__(self, key):
         item = self.dataset[key]
-        return {k: normalize_patches(v) if k in IMAGE_KEYS else v for k, v in item.items()}
+        return {k: self.normalise(v) if k in IMAGE_KEYS else v for k, v in item.items()}
 
 
 def attach_cache(ds: dl.IQADataset, workers: int, budget_gb: float, pool_only: bool = False) -> ReferenceCache:
@@ -150,7 +164,9 @@ def breakdown(kadid: Path, refs: list[Path], batch_size: int, reps: int, budget_
         (f"{p} reference crops + flips + rotation",
          mean_ms(lambda: independent_patches(ref_arr, rng, s, p, flip=True, rotate=True), reps)),
         ("to uint8 tensors [p,3,s,s] (3x)", mean_ms(lambda: [to_uint8_tensor(x) for x in (lq_p, hq_p, ref_p)], reps)),
-        ("normalise to float32 on the CPU (3x; now on the device)",
+        ("normalise to float32 on the CPU, numpy (3x; the float path)",
+         mean_ms(lambda: [FloatPatches.normalise(x) for x in uint8], reps)),
+        ("normalise to float32 on the CPU, torch (3x; now on the device)",
          mean_ms(lambda: [normalize_patches(x) for x in uint8], reps)),
         ("whole __getitem__, no cache", uncached),
         ("whole __getitem__, cache", mean_ms(lambda: ds[(0, 0)], reps)),
@@ -179,7 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=8, help="each of the 8 LQ images appears this often")
     parser.add_argument("--reps", type=int, default=5, help="repetitions per step of the breakdown")
     parser.add_argument("--cache_gb", type=float, default=None, help="cache budget (default: the scripts' default)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of the main process (default torch's; 1 on a shared CPU)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     budget = default_budget_gb() if args.cache_gb is None else args.cache_gb
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

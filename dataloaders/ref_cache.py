@@ -67,6 +67,14 @@ def default_budget_gb() -> float:
     return budget / max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+def _shared_block(nbytes: int) -> torch.Tensor:
+    """A uint8 tensor of `nbytes` allocated directly in shared memory (share_memory_() would first zero a copy)."""
+    try:
+        return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(nbytes))
+    except (AttributeError, TypeError, RuntimeError):  # a torch without that helper
+        return torch.empty(nbytes, dtype=torch.uint8).share_memory_()
+
+
 class ReferenceCache:
     """Decoded images (uint8 H x W x 3) in one memory block per `add`, at most `budget_gb` in all.
 
@@ -133,9 +141,7 @@ class ReferenceCache:
             size += nbytes
         added = 0
         if planned:
-            block = torch.empty(size, dtype=torch.uint8)
-            if self.shared:
-                block.share_memory_()
+            block = _shared_block(size) if self.shared else torch.empty(size, dtype=torch.uint8)
             flat = block.numpy()
 
             def fill(item: tuple[CacheEntry, int]) -> bool:
