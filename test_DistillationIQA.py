@@ -32,7 +32,7 @@ def evaluate_rounds(model, test_sets, run, rounds: int, ref_key: str, fit: bool,
                                              trained_higher_is_better=trained_higher_is_better).items():
             per_dataset[name].append(metrics)
             get_logger().info(f"round {r}: {name} SRCC {metrics['srcc']:.4f} PLCC {metrics['plcc']:.4f} "
-                              f"KRCC {metrics['krcc']:.4f}")
+                              f"KRCC {metrics['krcc']:.4f} ({engine.images_per_s(metrics):.1f} images/s)")
     return per_dataset
 
 
@@ -85,7 +85,7 @@ def main(args: argparse.Namespace) -> dict:
         get_logger().info(f"{model_name}: trained on {trained_on} (from {source}), labels "
                           f"{'higher' if higher else 'lower'} is better; correlations are flipped on test sets "
                           f"whose labels are {'lower' if higher else 'higher'} is better")
-        test_sets = engine.build_test_sets(args, test_datasets, mode,
+        test_sets = engine.build_test_sets(args, test_datasets, mode, ref_cache=run.ref_cache,
                                            ref_folder=args.ref_test_dataset_path if mode == "lq_hq_ref" else None)
         if not test_sets:
             get_logger().warning(f"warning: no test dataset found for the {model_name}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -15,8 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dataloaders.image_io import load_rgb
-from dataloaders.sampling import fit_patch_size, independent_patches, paired_patches, to_normalized_tensor
+from dataloaders.image_io import image_size, load_rgb
+from dataloaders.ref_cache import CacheEntry, ReferenceCache
+from dataloaders.sampling import fit_patch_size, fitted_size, independent_patches, paired_patches, to_uint8_tensor
 from tools.errors import UserError
 
 MODES = ("lq", "lq_hq", "lq_hq_ref")
@@ -38,6 +40,7 @@ class IQADataset(torch.utils.data.Dataset):
     only); 'lq_hq_ref': LQ + aligned HQ (when the dataset has one) + non-aligned reference patches.
     'lq_hq' pairs get paired random flips and a 180-degree rotation in training, and also in evaluation
     with `augment_eval` (as the original evaluated its teacher).
+    Patches are uint8 tensors [p, 3, s, s]; `sampling.to_model_input` normalises them on the device.
     Every random choice of item `index` in `epoch` comes from `np.random.default_rng([seed, epoch,
     index])`, so samples do not depend on worker processes or global random state.
     """
@@ -47,6 +50,7 @@ class IQADataset(torch.utils.data.Dataset):
     has_aligned_reference: ClassVar[bool] = False
     layout: ClassVar[str] = ""
     resize_to: ClassVar[tuple[int, int] | None] = None  # (w, h) every LQ image is resized to before cropping
+    ref_cache: ReferenceCache | None = None  # set by use_cache()
 
     # ---- hooks for subclasses -------------------------------------------------------------------
     @classmethod
@@ -137,10 +141,36 @@ class IQADataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def _load(self, path: Path, resize: tuple[int, int] | None = None) -> np.ndarray:
+        if self.ref_cache is not None:
+            cached = self.ref_cache.get(self._cache_key(path, resize))
+            if cached is not None:
+                return cached
+        return self._decode(path, resize)
+
+    def _decode(self, path: Path, resize: tuple[int, int] | None = None) -> np.ndarray:
         img = load_rgb(path)
         if resize is not None and img.size != resize:
             img = img.resize(resize, Image.Resampling.BICUBIC)
         return np.asarray(fit_patch_size(img, self.patch_size, self.upscale, path))
+
+    def _cache_key(self, path: Path, resize: tuple[int, int] | None) -> tuple:
+        return str(path), resize, self.patch_size, self.upscale
+
+    def reference_images(self) -> list[tuple[Path, tuple[int, int] | None]]:
+        """(path, resize) of the images many samples read, most reused first: the pixel-aligned references
+        (in the modes that read them), then the non-aligned reference pool (mode 'lq_hq_ref')."""
+        aligned = {} if self.mode == "lq" else dict.fromkeys(s.hq_path for s in self.samples if s.hq_path)
+        pool = self.ref_paths if self.mode == "lq_hq_ref" else []
+        return [(p, self.resize_to) for p in aligned] + [(p, None) for p in pool]
+
+    def use_cache(self, cache: ReferenceCache) -> None:
+        """Decode `reference_images()` into `cache` (as far as its budget allows) and read them from it."""
+        entries = []
+        for path, resize in self.reference_images():
+            w, h = fitted_size(resize or image_size(path), self.patch_size, self.upscale, path)
+            entries.append(CacheEntry(self._cache_key(path, resize), (h, w, 3), partial(self._decode, path, resize)))
+        cache.add(entries, label=f"{self.name} ({'training' if self.train else 'evaluation'}, {self.mode})")
+        self.ref_cache = cache
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
@@ -160,14 +190,14 @@ class IQADataset(torch.utils.data.Dataset):
                                 "they must be pixel-aligned")
             augment = self.mode == "lq_hq" and (self.train or self.augment_eval)
             lq_p, hq_p = paired_patches(lq, hq, rng, s, p, augment=augment)
-            item["lq"], item["hq"] = to_normalized_tensor(lq_p), to_normalized_tensor(hq_p)
+            item["lq"], item["hq"] = to_uint8_tensor(lq_p), to_uint8_tensor(hq_p)
         else:
-            item["lq"] = to_normalized_tensor(independent_patches(lq, rng, s, p, flip=self.train))
+            item["lq"] = to_uint8_tensor(independent_patches(lq, rng, s, p, flip=self.train))
         if self.mode == "lq_hq_ref":
             ref_path = self.ref_paths[int(rng.integers(len(self.ref_paths)))]
             ref = self._load(ref_path)
             ref_p = independent_patches(ref, rng, s, p, flip=self.train, rotate=self.train)
-            item["ref"] = to_normalized_tensor(ref_p)
+            item["ref"] = to_uint8_tensor(ref_p)
         item["label"] = torch.tensor(sample.label, dtype=torch.float32)
         item["index"] = index
         return item

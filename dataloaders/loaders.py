@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from dataloaders.base import IQADataset
 from dataloaders.datasets import DATASETS
+from dataloaders.ref_cache import ReferenceCache
 from tools.errors import UserError
 
 DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
@@ -42,11 +43,18 @@ def dataset_class(name: str) -> type[IQADataset]:
 def build_dataset(name: str, root: str | os.PathLike, mode: str, *, patch_size: int = 224,
                   patch_num: int = 10, train: bool = False, content_ids: Sequence[int] | None = None,
                   ref_paths: Sequence[str | os.PathLike] | None = None, seed: int = 0, repeats: int = 1,
-                  upscale: bool = False, augment_eval: bool = False) -> IQADataset:
-    """Dataset `name` read from `root` in `mode` ('lq' | 'lq_hq' | 'lq_hq_ref'); see IQADataset."""
-    return dataset_class(name)(root, mode, patch_size=patch_size, patch_num=patch_num, train=train,
-                               content_ids=content_ids, ref_paths=ref_paths, seed=seed, repeats=repeats,
-                               upscale=upscale, augment_eval=augment_eval)
+                  upscale: bool = False, augment_eval: bool = False,
+                  ref_cache: ReferenceCache | None = None) -> IQADataset:
+    """Dataset `name` read from `root` in `mode` ('lq' | 'lq_hq' | 'lq_hq_ref'); see IQADataset.
+
+    With `ref_cache`, its reference images are decoded into that cache now and read from it (same samples).
+    """
+    dataset = dataset_class(name)(root, mode, patch_size=patch_size, patch_num=patch_num, train=train,
+                                  content_ids=content_ids, ref_paths=ref_paths, seed=seed, repeats=repeats,
+                                  upscale=upscale, augment_eval=augment_eval)
+    if ref_cache is not None:
+        dataset.use_cache(ref_cache)
+    return dataset
 
 
 def split_contents(num_contents: int, train_ratio: float = 0.8, seed: int = 0) -> tuple[list[int], list[int]]:

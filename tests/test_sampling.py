@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import dataloaders as dl
-from dataloaders.sampling import denormalize, to_normalized_tensor
+from dataloaders.sampling import to_normalized_tensor
 from tests.dataset_fixtures import make_kadid, make_koniq, make_ref_pool, pattern, write_image
 from tools.errors import UserError
 
@@ -20,8 +20,9 @@ S = 16  # patch size used below; fixture images are 64x48
 
 
 def pixels(t: torch.Tensor) -> np.ndarray:
-    """Normalised [p, 3, s, s] -> uint8 [p, s, s, 3]."""
-    return denormalize(t).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    """Dataset patches (uint8 [p, 3, s, s]) -> uint8 [p, s, s, 3]."""
+    assert t.dtype == torch.uint8
+    return t.permute(0, 2, 3, 1).numpy()
 
 
 def orientation(patch: np.ndarray) -> tuple[int, int, int, int]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dataloaders.sampling import independent_patches, to_normalized_tensor
+from dataloaders.sampling import independent_patches, normalize_patches, to_normalized_tensor
 from models.DistillationIQA import DistillationIQANet
 from tests.dataset_fixtures import make_ref_pool, write_image
 from tools.errors import UserError
@@ -45,7 +45,7 @@ def plain_scores(net, scorer, paths, repeats):
             for r in range(repeats):
                 rng = np.random.default_rng([scorer.seed, 1, r])
                 lq = to_normalized_tensor(independent_patches(img, rng, scorer.patch_size, 2))[None]
-                total += float(net(lq, scorer.reference_patches[r])[2])
+                total += float(net(lq, normalize_patches(scorer.reference_patches[r]))[2])
             out.append(total / repeats)
     return np.array(out)
 

@@ -28,6 +28,8 @@ from dataloaders import (
     set_loader_epoch,
     split_contents,
 )
+from dataloaders.ref_cache import ReferenceCache, build_reference_cache
+from dataloaders.sampling import to_model_input
 from models.DistillationIQA import DistillationIQANet
 from tools import checkpoint as ckpt
 from tools import run_folder
@@ -58,6 +60,7 @@ class Run:
     precision: Precision  # training
     eval_precision: Precision | None = None  # evaluation; None = fp32
     lock: run_folder.RunLock | None = None
+    ref_cache: ReferenceCache | None = None
 
     def evaluation_precision(self) -> Precision:
         """The precision of evaluation: fp32 unless mixed precision was asked for it (--eval_amp)."""
@@ -86,7 +89,9 @@ def setup_run(args: argparse.Namespace, *, write_options: bool = True) -> Run:
     eval_precision = resolve_precision(getattr(args, "eval_amp", "off"), device)
     get_logger().info(f"device {device}, precision {precision.dtype or 'fp32'} "
                       f"(evaluation {eval_precision.dtype or 'fp32'}), world size {info.world_size}, seed {args.seed}")
-    return Run(args, info, device, precision, eval_precision, lock)
+    ref_cache = build_reference_cache(getattr(args, "ref_cache_gb", 0), getattr(args, "num_workers", 0))
+    get_logger().info(ref_cache.describe() if ref_cache is not None else "reference cache: off")
+    return Run(args, info, device, precision, eval_precision, lock, ref_cache)
 
 
 def build_network(args: argparse.Namespace, device: torch.device, *, weights: str | None = None,
@@ -207,7 +212,8 @@ class NonFiniteLossError(UserError):
 
 
 def _to(batch: dict, key: str, device: torch.device) -> Tensor:
-    return batch[key].to(device, non_blocking=True)
+    """batch[key] on `device`; uint8 patches are normalised there (see to_model_input)."""
+    return to_model_input(batch[key], device)
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -321,13 +327,16 @@ def evaluate(model: nn.Module, test_sets: Sequence[TestSet], run: Run, epoch: in
     test set's label direction differs from that of the model's training set (`trained_higher_is_better`)."""
     results = {}
     for test_set in test_sets:
+        start = time.perf_counter()
         pred, labels = predict(model, test_set.loader, run, epoch, ref_key)
+        seconds = time.perf_counter() - start
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             metrics = oriented(compute_metrics(pred, labels, fit=fit),
                                trained_higher_is_better=trained_higher_is_better,
                                test_higher_is_better=test_set.higher_is_better)
         metrics["pred"], metrics["label"] = pred, labels
+        metrics["images"], metrics["seconds"] = len(test_set.loader.dataset), seconds
         results[test_set.name] = metrics
     return results
 
@@ -337,12 +346,14 @@ def dataset_root(args: argparse.Namespace, name: str) -> Path:
 
 
 def build_test_sets(args: argparse.Namespace, names: Sequence[str], mode: str, *, content_ids=None,
-                    ref_folder: str | None = None, batch_size: int | None = None) -> list[TestSet]:
+                    ref_folder: str | None = None, batch_size: int | None = None,
+                    ref_cache: ReferenceCache | None = None) -> list[TestSet]:
     """Test loaders for the datasets that are on disk; missing ones are skipped with a warning naming the path.
 
     The teacher ('lq_hq') cannot be evaluated on authentic datasets: those are skipped with a warning. Its
     patch pairs get the paired random flips and 180-degree rotation, as the original evaluated it, unless
     --teacher_test_augment false.
+    Their reference images go into `ref_cache` when given.
     """
     logger = get_logger()
     ref_paths = list_reference_images(ref_folder) if mode == "lq_hq_ref" else None
@@ -358,7 +369,8 @@ def build_test_sets(args: argparse.Namespace, names: Sequence[str], mode: str, *
         dataset = build_dataset(name, root, mode, patch_size=args.patch_size, patch_num=args.self_patch_num,
                                 train=False, content_ids=content_ids, ref_paths=ref_paths, seed=args.seed,
                                 repeats=args.test_patch_num, upscale=args.upscale_small_images,
-                                augment_eval=mode == "lq_hq" and getattr(args, "teacher_test_augment", True))
+                                augment_eval=mode == "lq_hq" and getattr(args, "teacher_test_augment", True),
+                                ref_cache=ref_cache)
         loader = build_loader(dataset, batch_size or args.test_batch_size, shuffle=False, seed=args.seed,
                               num_workers=args.num_workers, distributed=False)
         test_sets.append(TestSet(name, loader, dataset.higher_is_better))
@@ -387,6 +399,16 @@ def _format_metrics(results: dict[str, dict]) -> str:
 
 
 WORST_QUALITY_SUM = -3.0  # SRCC + PLCC + KRCC of a model that ranks exactly backwards
+
+
+def images_per_s(metrics: dict) -> float:
+    """Evaluation throughput of one test set's results (image crop sets scored per second)."""
+    return metrics["images"] / metrics["seconds"] if metrics["seconds"] else float("nan")
+
+
+def _eval_rate(results: dict[str, dict]) -> str:
+    seconds = sum(m["seconds"] for m in results.values())
+    return f"; evaluation {sum(m['images'] for m in results.values()) / seconds:.1f} images/s" if seconds else ""
 
 
 def _score(results: dict[str, dict]) -> float:
@@ -444,7 +466,8 @@ def train_and_evaluate(run: Run, role: Role, build_model: Callable[[], Distillat
         train_set = build_dataset(args.train_dataset, train_root, role.train_mode, patch_size=args.patch_size,
                                   patch_num=args.self_patch_num, train=True, content_ids=train_ids,
                                   ref_paths=ref_train, seed=args.seed + round_index,
-                                  repeats=args.train_patch_num, upscale=args.upscale_small_images)
+                                  repeats=args.train_patch_num, upscale=args.upscale_small_images,
+                                  ref_cache=run.ref_cache)
         world = run.dist.world_size
         if args.batch_size % world:
             raise UserError(f"--batch_size {args.batch_size} must be divisible by the {world} processes")
@@ -455,7 +478,8 @@ def train_and_evaluate(run: Run, role: Role, build_model: Callable[[], Distillat
             names = [args.test_dataset] if within else args.test_datasets
             test_mode = "lq_hq_ref" if role.train_mode == "lq_hq_ref" else "lq_hq"
             test_sets = build_test_sets(args, names, test_mode, content_ids=test_ids,
-                                        ref_folder=args.ref_test_dataset_path if test_mode == "lq_hq_ref" else None)
+                                        ref_folder=args.ref_test_dataset_path if test_mode == "lq_hq_ref" else None,
+                                        ref_cache=run.ref_cache)
         if not checked:  # every image of this round's data (a first round covers whole datasets) before training
             datasets = [train_set, *(t.loader.dataset for t in test_sets)]
             run_folder.on_main(run.dist, lambda: run_folder.check_images(datasets))  # noqa: B023 (called at once)
@@ -570,7 +594,8 @@ def _train_round(run: Run, role: Role, build_model, train_loader, test_sets, rou
         improved = update_best(best, per_dataset_best, last_metrics, epoch)
         logger.info(f"round {round_index + 1} epoch {epoch}: loss {stats['loss']:.4f} "
                     f"train SRCC {stats['train_srcc']:.4f}  {_format_metrics(results)}  "
-                    f"[{stats['samples_per_s']:.1f} samples/s, {100 * stats['data_share']:.0f}% waiting for data]")
+                    f"[{stats['samples_per_s']:.1f} samples/s, {100 * stats['data_share']:.0f}% waiting for data"
+                    f"{_eval_rate(results)}]")
 
         lr, lr_ratio = next_schedule(lr, lr_ratio, epoch, args.update_opt_epoch)
         optimizer = make_optimizer(model, lr, lr_ratio, args.weight_decay)  # rebuilt each epoch, as the original

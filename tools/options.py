@@ -109,6 +109,10 @@ def add_data_args(parser: argparse.ArgumentParser, test_datasets: str, *, teache
                            help="evaluate the FR-teacher on patch pairs with the paired random flips and 180-degree "
                                 "rotation of training (seeded), as the original did (default true); false: plain "
                                 "crops. The student is always evaluated on plain crops")
+    group.add_argument("--ref_cache_gb", type=float, default=None, metavar="GB",
+                       help="memory for decoded reference images, kept once and shared by the loader workers "
+                            "(default: min(16, a quarter of the available memory), divided among the processes "
+                            "of a torchrun on one machine; 0 = off: decode them per sample)")
 
 
 def add_training_args(parser: argparse.ArgumentParser, *, checkpoint_dir: str, update_opt_epoch: int,
@@ -187,6 +191,8 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
         value = getattr(args, option, None)
         if value is not None and not (math.isfinite(value) and (value > 0 if least == "above 0" else value >= 0)):
             raise UserError(f"--{option} must be a finite number {least}, got {value}")
+    if (getattr(args, "ref_cache_gb", None) or 0) < 0:
+        raise UserError(f"--ref_cache_gb must be 0 (off) or more, got {args.ref_cache_gb}")
     if getattr(args, "use_refHQ", True) is False:
         raise UserError("--use_refHQ false is not supported: the network always compares with a reference")
     return args

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from dataloaders import list_reference_images, load_rgb
-from dataloaders.sampling import fit_patch_size, independent_patches, to_normalized_tensor
+from dataloaders.sampling import fit_patch_size, independent_patches, to_model_input, to_uint8_tensor
 from models.DistillationIQA import DistillationIQANet
 from tools.checkpoint import load_model_checkpoint
 from tools.errors import UserError
@@ -111,7 +111,7 @@ class IQAScorer:
 
     # Reference crops: repeat r draws one reference and its crops from Generator([seed, 0, r]).
     def _reference_crops(self, references) -> tuple[list[str], list[torch.Tensor]]:
-        """For each repeat: the reference image used and its `[1, p, 3, s, s]` crops."""
+        """For each repeat: the reference image used and its `[1, p, 3, s, s]` uint8 crops."""
         if isinstance(references, (str, os.PathLike)):
             references = list_reference_images(references) if Path(references).is_dir() else [references]
         elif isinstance(references, (Image.Image, torch.Tensor)):
@@ -129,12 +129,12 @@ class IQAScorer:
                 arrays[k] = _as_array(references[k], self.patch_size, self.upscale, names[k])
             used.append(names[k])
             patches = independent_patches(arrays[k], rng, self.patch_size, self.self_patch_num)
-            crops.append(to_normalized_tensor(patches).unsqueeze(0))
+            crops.append(to_uint8_tensor(patches).unsqueeze(0))
         return used, crops
 
     @torch.inference_mode()
     def _encode(self, patches: torch.Tensor) -> list[torch.Tensor]:
-        patches = patches.to(self.device)
+        patches = to_model_input(patches, self.device)
         with self._autocast():
             return self.net.encode_patches(patches)
 
@@ -144,9 +144,9 @@ class IQAScorer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def lq_patches(self, image: np.ndarray, repeat: int) -> torch.Tensor:
-        """The `[p, 3, s, s]` LQ crops of one image for one repeat (Generator([seed, 1, repeat]))."""
+        """The `[p, 3, s, s]` uint8 LQ crops of one image for one repeat (Generator([seed, 1, repeat]))."""
         rng = np.random.default_rng([self.seed, 1, repeat])
-        return to_normalized_tensor(independent_patches(image, rng, self.patch_size, self.self_patch_num))
+        return to_uint8_tensor(independent_patches(image, rng, self.patch_size, self.self_patch_num))
 
     def score(self, images: ImageInput | Iterable[ImageInput]) -> np.ndarray:
         """One score per image: the mean of the network's output over `repeats` crop sets.
@@ -187,7 +187,7 @@ class IQAScorer:
                 continue
             total = torch.zeros(len(arrays), dtype=torch.float64)
             for r, ref_codes in enumerate(self._ref_codes):
-                lq = torch.stack([self.lq_patches(a, r) for a in arrays]).to(self.device)
+                lq = to_model_input(torch.stack([self.lq_patches(a, r) for a in arrays]), self.device)
                 with self._autocast():
                     lq_codes = self.net.encode_patches(lq)
                     _, _, pred = self.net.forward_from_codes(lq_codes, ref_codes)
