@@ -1,4 +1,4 @@
-"""Evaluate a NAR-student (and optionally the FR-teacher) on test datasets over 10 rounds (SPEC §5).
+"""Evaluate a NAR-student (and optionally the FR-teacher) on test datasets over 10 rounds.
 
     python test_DistillationIQA.py --studentNet_model_path ./model_zoo/NAR_student_cross_dataset.pth
     python test_DistillationIQA.py --test_datasets live,csiq \

@@ -1,4 +1,4 @@
-"""Train the CVRKD-IQA NAR-student with the frozen FR-teacher and the KD feature loss (SPEC §4).
+"""Train the CVRKD-IQA NAR-student with the frozen FR-teacher and the KD feature loss.
 
     python train_DistillationIQA.py --self_patch_num 10 --patch_size 224 \
         --teacherNet_model_path ./model_zoo/FR_teacher_cross_dataset.pth

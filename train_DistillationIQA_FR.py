@@ -1,4 +1,4 @@
-"""Train the CVRKD-IQA FR-teacher: distorted image + pixel-aligned HQ reference (SPEC §4).
+"""Train the CVRKD-IQA FR-teacher: distorted image + pixel-aligned HQ reference.
 
     python train_DistillationIQA_FR.py --self_patch_num 10 --patch_size 224
     torchrun --nproc_per_node=4 train_DistillationIQA_FR.py ...

@@ -1,4 +1,4 @@
-"""Dataset readers, patch sampling and loaders for CVRKD-IQA (SPEC section 3)."""
+"""Dataset readers, patch sampling and loaders for CVRKD-IQA."""
 
 from dataloaders.base import MODES, IQADataset, Sample
 from dataloaders.datasets import BID, CSIQ, LIVE, LIVEC, PIPAL, TID2013, KADID10k, KonIQ10k

@@ -1,4 +1,4 @@
-"""The CVRKD-IQA network (SPEC §2): a frozen ResNet-50, per-stage 1x1 convs, two MLP-Mixers, a regressor.
+"""The CVRKD-IQA network: a frozen ResNet-50, per-stage 1x1 convs, two MLP-Mixers, a regressor.
 
 The FR-teacher and the NAR-student are two instances of `DistillationIQANet`; they differ only in what
 is passed as the reference (the pixel-aligned HQ image or a non-aligned HQ image of other content).

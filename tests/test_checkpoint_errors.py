@@ -1,4 +1,4 @@
-"""Every checkpoint-loading error names its problem (SPEC §2), and a pickle payload never runs."""
+"""Every checkpoint-loading error names its problem, and a pickle payload never runs."""
 
 from __future__ import annotations
 

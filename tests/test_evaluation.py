@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import train_DistillationIQA_FR
+from dataloaders.sampling import to_model_input
 from option_train_DistillationIQA_FR import set_args
 from tests.dataset_fixtures import make_tid2013
 from tools import engine
@@ -43,7 +44,8 @@ def test_test_patch_num_averages_the_repeats_of_each_image(tmp_path):
     per_image: dict = {}
     for index, sample in enumerate(dataset.samples):
         item = dataset[(index, 5)]
-        per_image.setdefault(sample.lq_path, []).append(item["lq"].double().mean().item())
+        lq = to_model_input(item["lq"], "cpu")  # items are uint8; the network sees them normalised
+        per_image.setdefault(sample.lq_path, []).append(lq.double().mean().item())
     assert all(len(v) == 3 for v in per_image.values())
     assert any(np.std(v) > 0 for v in per_image.values())  # the repeats are different crops
     np.testing.assert_allclose(pred, [np.mean(v) for v in per_image.values()], rtol=1e-6)
@@ -69,7 +71,7 @@ def test_within_dataset_rounds_split_contents_and_report_the_median(tmp_path, mo
         (test_set,) = test_sets
         tested.append({s.content_id for s in test_set.loader.dataset.samples})
         metrics = {**ROUND_METRICS[len(tested) - 1], "rmse": 1.0}
-        return {test_set.name: {**metrics, "pred": np.zeros(2), "label": np.zeros(2)}}
+        return {test_set.name: {**metrics, "pred": np.zeros(2), "label": np.zeros(2), "images": 2, "seconds": 1.0}}
 
     monkeypatch.setattr(engine, "train_one_epoch", recording_epoch)
     monkeypatch.setattr(engine, "evaluate", scripted_evaluate)

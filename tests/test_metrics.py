@@ -1,4 +1,4 @@
-"""compute_metrics against scipy on data with a known answer, and its degenerate cases (SPEC §5)."""
+"""compute_metrics against scipy on data with a known answer, and its degenerate cases."""
 
 from __future__ import annotations
 

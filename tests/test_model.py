@@ -1,4 +1,4 @@
-"""The network against the authors' checkpoint format (tests/data/state_dict_keys.tsv) and SPEC §2."""
+"""The network against the authors' checkpoint format (tests/data/state_dict_keys.tsv)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The training and evaluation loop shared by the teacher, student and test scripts (SPEC §4, §5)."""
+"""The training and evaluation loop shared by the teacher, student and test scripts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""IQA metrics (SPEC §5): SRCC, KRCC on raw scores; PLCC and RMSE after a 4-parameter logistic fit."""
+"""IQA metrics: SRCC, KRCC on raw scores; PLCC and RMSE after a 4-parameter logistic fit."""
 
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ def _as_array(image: ImageInput, patch_size: int, upscale: bool, name: str) -> n
 
 
 class IQAScorer:
-    """NAR-student scoring of images against non-aligned reference images (SPEC §5)."""
+    """NAR-student scoring of images against non-aligned reference images."""
 
     def __init__(self, checkpoint: str | os.PathLike | DistillationIQANet,
                  references: ImageInput | Sequence[ImageInput], *, self_patch_num: int = 10,
