@@ -52,7 +52,10 @@ def test_interrupted_text_write_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "metrics.csv"
     ckpt.write_csv(path, [{"epoch": 0, "loss": 1.5}])
     old = path.read_bytes()
-    monkeypatch.setattr(ckpt.os, "replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt.os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         ckpt.write_csv(path, [{"epoch": 0, "loss": 1.5}, {"epoch": 1, "loss": 1.2}])
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"] and path.read_bytes() == old

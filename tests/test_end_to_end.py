@@ -94,6 +94,30 @@ def _csv_rows(path: Path) -> list[dict]:
     return rows
 
 
+def _flat(value, prefix: str = "") -> dict:
+    """Nested dicts/lists as {path: leaf}; numeric strings (CSV cells) become floats."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}/{key}").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in _flat(item, f"{prefix}/{i}").items()}
+    try:
+        return {prefix: float(value)}
+    except (TypeError, ValueError):
+        return {prefix: value}
+
+
+def assert_same_records(a, b) -> None:
+    """Equal structure and values; floats to 1e-12 relative: a metric computed in another process may differ in
+    its last bit (seen once: a PLCC after the logistic fit, by 3e-17)."""
+    a, b = _flat(a), _flat(b)
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], float) and isinstance(b[key], float):
+            assert a[key] == pytest.approx(b[key], rel=1e-12, abs=1e-15, nan_ok=True), key
+        else:
+            assert a[key] == b[key], key
+
+
 def test_resume_is_bit_identical(workdir, teacher_run):
     """Stopped after epoch 1 (just after an lr decay) and resumed: weights, metrics.csv and best records equal."""
     folder, _ = teacher_run
@@ -107,16 +131,16 @@ def test_resume_is_bit_identical(workdir, teacher_run):
     previous = model_state(folder / "models" / "FRIQA_teacher_1.pth")
     assert not torch.equal(previous["regressor.l1.weight"], straight["regressor.l1.weight"])
     rows = _csv_rows(folder / "results" / "metrics.csv")
-    assert rows == _csv_rows(workdir / "resumed" / "results" / "metrics.csv")
+    assert_same_records(rows, _csv_rows(workdir / "resumed" / "results" / "metrics.csv"))
     assert [float(r["lr"]) for r in rows] == pytest.approx([2e-5, 2e-5, 2e-6])  # epoch 2 runs at the decayed lr
     records = [torch.load(f / "models" / "last.pth", map_location="cpu", weights_only=True)
                for f in (folder, workdir / "resumed")]
     for key in ("best", "per_dataset_best", "lr", "lr_ratio"):
-        assert records[0][key] == records[1][key], key
+        assert_same_records(records[0][key], records[1][key])
     assert torch.equal(model_state(folder / "models" / "best.pth")["regressor.l1.weight"],
                        model_state(workdir / "resumed/models/best.pth")["regressor.l1.weight"])
     summaries = [json.loads((f / "results" / "summary.json").read_text()) for f in (folder, workdir / "resumed")]
-    assert summaries[0]["rounds"] == summaries[1]["rounds"]
+    assert_same_records(summaries[0]["rounds"], summaries[1]["rounds"])
     # A resume that forgot the best records would go unnoticed if the last epoch were the best everywhere: on
     # kadid10k (a test set here only for this) the best epoch is an earlier one, by a wide margin.
     assert records[0]["per_dataset_best"]["kadid10k"]["epoch"] != 2
