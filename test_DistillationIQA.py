@@ -79,7 +79,9 @@ def write_tsne(folder: str, args: argparse.Namespace, run, student, test_sets) -
             raise UserError(f"--tsne_compare: checkpoint not found: {args.tsne_compare}")
         other = engine.build_network(args, run.device, weights=args.tsne_compare)
         title = student_title(args.tsne_compare)
-        models = {f"{title} " if title in models else title: other, **models}
+        if title in models:
+            title = f"{os.path.basename(args.tsne_compare)} ({title})"
+        models = {title: other, **models}  # the compared student on the left, as "(a) w/o KD" in the original
     for test_set in test_sets:
         panels, labels = {}, None
         for title, model in models.items():
