@@ -65,6 +65,12 @@ def get_args_parser(script: str = "train") -> argparse.ArgumentParser:
         parser.add_argument("--setting_file", type=str, default="setting_test.txt")
         parser.add_argument("--plot", type=str, default=None, metavar="DIR",
                             help="write per-dataset scatter plots (prediction vs label, fitted logistic) here")
+        parser.add_argument("--tsne", type=str, default=None, metavar="DIR",
+                            help="write per-dataset t-SNE maps of the student's HQ-LQ difference features here "
+                                 "(needs scikit-learn)")
+        parser.add_argument("--tsne_compare", type=str, default=None, metavar="PATH",
+                            help="a second student checkpoint (e.g. trained without KD) drawn beside the first "
+                                 "in the --tsne maps")
     if script == "single":
         parser.add_argument("--lq", nargs="+", required=True, metavar="PATH",
                             help="image(s) to score, or a folder of images")
@@ -80,6 +86,9 @@ def get_args_parser(script: str = "train") -> argparse.ArgumentParser:
                             help="upscale images smaller than the patch size instead of refusing them")
         parser.add_argument("--output", type=str, default=None, metavar="FILE.csv|FILE.json",
                             help="also write the scores to this CSV or JSON file")
+        parser.add_argument("--figure", type=str, default=None, metavar="FILE.png",
+                            help="draw the scored images annotated with their scores: one row per --lq folder "
+                                 "(loose files form one more row)")
         original = parser.add_argument_group("options of the original's parser without effect here")
         original.add_argument("--test_patch_num", type=int, default=1,
                               help=f"see --repeats; {NO_EFFECT_IN_TESTING}")

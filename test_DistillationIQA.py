@@ -61,6 +61,42 @@ def write_plots(folder: str, model_name: str, per_dataset: dict[str, list[dict]]
         get_logger().info(f"plot written to {path}")
 
 
+def student_title(path: str) -> str:
+    """"w/ KD" or "w/o KD" from a checkpoint's stored options (its feature_loss_ratio), else the file name."""
+    from tools.checkpoint import safe_torch_load
+
+    checkpoint = safe_torch_load(path)
+    options = checkpoint.get("args") if isinstance(checkpoint, dict) else None
+    ratio = options.get("feature_loss_ratio") if isinstance(options, dict) else None
+    if ratio is None:
+        return os.path.basename(path)
+    return f"w/ KD (feature_loss_ratio {float(ratio):g})" if float(ratio) > 0 else "w/o KD (feature_loss_ratio 0)"
+
+
+def write_tsne(folder: str, args: argparse.Namespace, run, student, test_sets) -> None:
+    """t-SNE maps of the student's difference features per dataset (and of --tsne_compare's, side by side)."""
+    from tools.visuals import difference_codes, tsne_figure
+
+    models = {student_title(args.studentNet_model_path): student}
+    if args.tsne_compare:
+        if not os.path.isfile(args.tsne_compare):
+            raise UserError(f"--tsne_compare: checkpoint not found: {args.tsne_compare}")
+        other = engine.build_network(args, run.device, weights=args.tsne_compare)
+        title = student_title(args.tsne_compare)
+        if title in models:
+            title = f"{os.path.basename(args.tsne_compare)} ({title})"
+        models = {title: other, **models}  # the compared student on the left, as "(a) w/o KD" in the original
+    for test_set in test_sets:
+        panels, labels = {}, None
+        for title, model in models.items():
+            panels[title], labels = difference_codes(model, test_set, run, epoch=0)
+        label_name = "MOS (higher is better)" if test_set.higher_is_better else "DMOS (lower is better)"
+        path = tsne_figure(panels, labels, os.path.join(folder, f"tsne_{test_set.name}.png"), label_name=label_name,
+                           title=f"t-SNE of the student's HQ-LQ difference features on {test_set.name}",
+                           seed=args.seed)
+        get_logger().info(f"t-SNE map written to {path}")
+
+
 def main(args: argparse.Namespace) -> dict:
     run = engine.setup_run(args)
     note_training_amp_in_testing(args.amp, args.eval_amp)
@@ -97,6 +133,8 @@ def main(args: argparse.Namespace) -> dict:
                               for name, rounds in per_dataset.items()}
         if args.plot:
             write_plots(args.plot, model_name, per_dataset, test_sets)
+        if args.tsne and model_name == "student":
+            write_tsne(args.tsne, args, run, model, test_sets)
     if rows:
         csv_path = os.path.join(args.result_checkpoint_dir, "test_results.csv")
         write_csv(csv_path, rows)

@@ -19,6 +19,18 @@ from tools.scorer import IQAScorer, expand_image_paths
 from tools.utils import note_training_amp_in_testing, resolve_precision, seed_everything, select_device
 
 
+def figure_rows(items: list[str], scores: dict[str, float]) -> list[tuple[str, list[tuple[Path, str]]]]:
+    """One row per --lq folder (titled by its name) and one row for the loose files, each image with its score."""
+    rows, loose = [], []
+    for item in items:
+        tiles = [(path, f"{path.stem}\nscore {scores[str(path)]:.3f}") for path in expand_image_paths([item], "--lq")]
+        if Path(item).is_dir():
+            rows.append((Path(item).name, tiles))
+        else:
+            loose += tiles
+    return rows + ([("images", loose)] if loose else [])
+
+
 def main(args: argparse.Namespace) -> list[dict]:
     seed_everything(args.seed)
     device = select_device(args.gpu_ids)
@@ -43,6 +55,13 @@ def main(args: argparse.Namespace) -> list[dict]:
     if args.output and rows:
         write_scores(args.output, rows)
         print(f"scores written to {os.path.abspath(args.output)}")
+    if args.figure:
+        from tools.visuals import examples_figure
+
+        by_path = {row["image"]: row["score"] for row in rows}
+        path = examples_figure(figure_rows(args.lq, by_path), args.figure,
+                               title="NAR-student scores (higher = better quality)")
+        print(f"figure written to {os.path.abspath(path)}")
     if failures:
         print(f"not scored ({len(failures)}):", file=sys.stderr)
         for i in sorted(failures):

@@ -294,3 +294,23 @@ def test_torchrun_two_processes_gloo(workdir):
     losses = [next(csv.DictReader(open(workdir / name / "results" / "metrics.csv")))["loss"]
               for name in ("ddp", "single")]
     assert float(losses[0]) == pytest.approx(float(losses[1]), rel=1e-5)
+
+
+def test_tsne_maps_and_examples_figure(workdir, student_run, teacher_run):
+    from PIL import Image
+
+    student = str(student_run[0] / "models" / "best.pth")
+    other = str(teacher_run[0] / "models" / "best.pth")  # any second network: drawn beside the student
+    result = run_script("test_DistillationIQA.py", *SMALL, "--studentNet_model_path", student, "--test_rounds", "1",
+                        "--test_datasets", "tid2013", "--checkpoint_dir", "tested_tsne", "--tsne", "maps",
+                        "--tsne_compare", other, cwd=workdir)
+    assert "t-SNE map written to" in result.stdout
+    with Image.open(workdir / "maps" / "tsne_tid2013.png") as im:
+        assert im.width > 1.8 * im.height  # two panels side by side
+    rows = run_script("test_DistillationIQA_single.py", *SMALL, "--studentNet_model_path", student, "--repeats", "1",
+                      "--dataset_dir", "dataset", "--lq", "dataset/TID2013/reference_images",
+                      "dataset/TID2013/distorted_images", "--figure", "examples.png", cwd=workdir)
+    assert "figure written to" in rows.stdout
+    with Image.open(workdir / "examples.png") as im:
+        # two rows (one per --lq folder) of up to 12 tiles, 1.6 inches each at 110 dpi
+        assert im.size == (round((1.6 * 12 + 0.4) * 110), round(((1.6 * 0.75 + 0.45) * 2 + 0.5) * 110))

@@ -1,15 +1,22 @@
-"""`make demo`: the whole method on real photographs, offline, on a CPU, in a few minutes.
+"""`make demo`: the whole method on real photographs, offline, on a 2-core CPU, in fp32 within about 10 minutes.
 
 1. builds the demo data (tools/demo_data.py): KADID-format training set, TID2013-format held-out content,
-   DIV2K-style reference pools — all from the photos scikit-image ships;
-2. trains the FR-teacher, then the NAR-student with KD, through the real command lines;
-3. evaluates both on the held-out content (test_DistillationIQA.py, with scatter plots);
-4. scores a few images with test_DistillationIQA_single.py;
-5. writes demo_output/results.json and prints a table.
+   DIV2K-style reference pools of many views of the other photos — all from the photos scikit-image ships;
+2. chooses the training precision: bf16 autocast only where the CPU has bf16 units (AVX512-BF16/AMX flags) *and*
+   a measured training step of the real network is at least BF16_MIN_SPEEDUP times faster; fp32 otherwise;
+3. trains the FR-teacher, then two NAR-students that start from the teacher's weights and differ only in the KD
+   feature loss (DEMO_STUDENT vs DEMO_STUDENT_NO_KD), through the real command lines;
+4. evaluates them on the held-out content (test_DistillationIQA.py, fp32), with scatter plots and the t-SNE of the
+   students' HQ-LQ difference features w/ and w/o KD (--tsne, --tsne_compare);
+5. scores one held-out photo at every distortion level (test_DistillationIQA_single.py --figure);
+6. writes demo_output/results.json (teacher, student, student_no_kd, settings) and prints a table and the time of
+   each step.
 
-Reduced settings (patch 64, 4 patches per sample, batch 8, a few epochs, heads at lr 1e-3) keep it within
-about 10 minutes on 2 CPU cores. Without ImageNet weights in torchvision's cache the backbone is random and
-frozen, and its BatchNorm is kept in eval mode (--freeze_backbone_bn), without which it cannot learn.
+Settings (DEMO_NETWORK, DEMO_TRAINING, DEMO_STUDENT and the epoch defaults below): patch 96, 2 patches per
+sample, batch 8, heads at lr 1e-3 (--lr 1e-4 --lr_ratio 10), teacher 4 epochs, students 2 epochs, 1 test round;
+the checkpoints used are the last epoch's (nothing is chosen on the held-out content). Without ImageNet weights in
+torchvision's cache the backbone is random and frozen, and its BatchNorm is kept in eval mode
+(--freeze_backbone_bn), without which it cannot learn.
 """
 
 from __future__ import annotations
@@ -18,19 +25,30 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tools.errors import UserError
 
-# Reduced sizes (the network is the real one): 2 patches of 128 px per sample.
-DEMO_NETWORK = ["--patch_size", "128", "--self_patch_num", "2", "--distillation_layer", "18", "--num_workers", "0"]
-# Heads at lr 1e-4 x 10; the backbone's BatchNorm frozen (random backbone); the KD feature loss scaled down, since
-# the difference features of a random backbone are large (an MSE of ~1e4 at the start, against an L1 of ~1).
-DEMO_TRAINING = ["--batch_size", "8", "--lr", "1e-4", "--lr_ratio", "10", "--freeze_backbone_bn", "--overwrite"]
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT_MARKER = ".cvrkd_demo_output"  # marks a folder the demo made, so that it may clear its own step folders
+STEP_FOLDERS = ("teacher", "student", "student_no_kd", "test", "test_no_kd", "synthetic_examples", "plots", "logs")
+BF16_MIN_SPEEDUP = 1.25  # bf16 is used only when a measured training step is at least this much faster than fp32
+
+# Reduced sizes (the network is the real one): 2 patches of 96 px per sample.
+DEMO_NETWORK = ["--patch_size", "96", "--self_patch_num", "2", "--distillation_layer", "18", "--num_workers", "0"]
+# Heads at lr 1e-4 x 10; the backbone's BatchNorm frozen (random backbone).
+DEMO_TRAINING = ["--batch_size", "8", "--lr", "1e-4", "--lr_ratio", "10", "--freeze_backbone_bn",
+                 "--overwrite"]
+# The KD feature loss scaled down: the difference features of a random backbone are large (a summed MSE of
+# ~1e4 at the start, against an L1 of ~1). The student without KD differs only in this number (0).
 DEMO_STUDENT = ["--feature_loss_ratio", "1e-4"]
+DEMO_STUDENT_NO_KD = ["--feature_loss_ratio", "0"]
+DEFAULT_TEACHER_EPOCHS = 4
+DEFAULT_STUDENT_EPOCHS = 2
 
 
 def imagenet_weights_available() -> bool:
@@ -39,12 +57,12 @@ def imagenet_weights_available() -> bool:
     return imagenet_weights_cache_path().is_file()
 
 
-def run_step(title: str, script: str, args: list[str], log_dir: Path) -> float:
+def run_step(title: str, script: str, args: list[str], log_dir: Path, log_name: str | None = None) -> float:
     """Run one of the project's scripts as a user would; its output goes to a log file."""
     cmd = [sys.executable, script, *args]
     print(f"\n== {title}\n   $ python {script} {' '.join(args)}", flush=True)
     start = time.perf_counter()
-    log_path = log_dir / f"{Path(script).stem}.log"
+    log_path = log_dir / f"{log_name or Path(script).stem}.log"
     with open(log_path, "w") as log:
         result = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -54,7 +72,7 @@ def run_step(title: str, script: str, args: list[str], log_dir: Path) -> float:
         print("\n".join(lines[-30:]))
         raise SystemExit(f"demo step failed: {title} (log: {log_path})")
     for line in lines:
-        if line.startswith(("round 1 epoch", "round 0:", "student ", "teacher ", "demo_data/")) or "best SRCC" in line:
+        if line.startswith(("round 1 epoch", "round 0:", "student ", "teacher ")) or "written to" in line:
             print(f"   {line}")
     print(f"   ({seconds:.0f} s)")
     return seconds
@@ -66,44 +84,136 @@ def training_curves(folders: dict[str, Path], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
     for name, folder in folders.items():
         with open(folder / "results" / "metrics.csv") as handle:
             rows = list(csv.DictReader(handle))
         epochs = [int(r["epoch"]) for r in rows]
-        ax.plot(epochs, [float(r["tid2013_srcc"]) for r in rows], marker="o", label=f"{name}: held-out SRCC")
-        ax.plot(epochs, [float(r["train_srcc"]) for r in rows], ls="--", label=f"{name}: train SRCC")
+        line, = ax.plot(epochs, [float(r["tid2013_srcc"]) for r in rows], marker="o", label=f"{name}: held-out SRCC")
+        ax.plot(epochs, [float(r["train_srcc"]) for r in rows], ls="--", color=line.get_color(),
+                label=f"{name}: train SRCC")
     ax.set_xlabel("epoch")
     ax.set_ylabel("SRCC")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
+
+
+# ---- precision: decided by measurement ---------------------------------------------------------------
+def decide_bf16(native: bool, fp32_seconds: float | None, bf16_seconds: float | None,
+                min_speedup: float = BF16_MIN_SPEEDUP) -> tuple[bool, str]:
+    """bf16 only where the CPU has bf16 units (flags) and a measured step is `min_speedup` times faster."""
+    if not native:
+        return False, "fp32: this CPU has no AVX512-BF16/AMX (bf16 would be emulated, slower than fp32)"
+    if not fp32_seconds or not bf16_seconds:
+        return False, "fp32: the bf16 timing could not be measured"
+    speedup = fp32_seconds / bf16_seconds
+    if speedup >= min_speedup:
+        return True, f"bf16 autocast: a training step measured {speedup:.2f}x faster than fp32"
+    return False, f"fp32: bf16 measured only {speedup:.2f}x as fast as fp32 (needs {min_speedup:.2f}x)"
+
+
+def time_training_step(dtype, steps: int = 2) -> float:
+    """Seconds per teacher training step of the real network at the demo's sizes (random data, after a warm-up)."""
+    import torch
+    import torch.nn.functional as F
+
+    from models.DistillationIQA import DistillationIQANet
+
+    size, patches, batch = int(DEMO_NETWORK[1]), int(DEMO_NETWORK[3]), int(DEMO_TRAINING[1])
+    torch.manual_seed(0)
+    net = DistillationIQANet(self_patch_num=patches, distillation_layer=18, pretrained=False, backbone_bn_eval=True)
+    optimizer = torch.optim.Adam(net.trainable_parameters(), lr=1e-4)
+    lq, hq = torch.randn(2, batch, patches, 3, size, size)
+    label = torch.rand(batch)
+    timings = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            _, _, pred = net(lq, hq)
+            loss = F.l1_loss(pred.float(), label)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        timings.append(time.perf_counter() - start)
+    return min(timings[1:])
+
+
+def choose_precision(amp: str) -> tuple[str, str]:
+    """The --amp value for the demo's training ('off' or 'bf16') and why."""
+    if amp != "auto":
+        return amp, f"{'bf16 autocast' if amp == 'bf16' else 'fp32'} (asked with --amp {amp})"
+    from tools.utils import cpu_has_native_bf16
+
+    native = cpu_has_native_bf16()
+    fp32 = bf16 = None
+    if native:
+        import torch
+
+        fp32, bf16 = time_training_step(None), time_training_step(torch.bfloat16)
+    use_bf16, why = decide_bf16(native, fp32, bf16)
+    return ("bf16" if use_bf16 else "off"), why
+
+
+# ---- the demo ----------------------------------------------------------------------------------------
+def prepare_output(out: Path) -> None:
+    """Make `out` (or reuse one the demo made, clearing its step folders); never touch another folder."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / OUTPUT_MARKER).exists())):
+        raise UserError(f"--out {out} exists and was not made by the demo; choose a new or empty folder")
+    for name in STEP_FOLDERS:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    (out / OUTPUT_MARKER).write_text("made by python -m tools.demo\n")
+
+
+def synthetic_examples(data: Path, out: Path, content: int = 1) -> list[str]:
+    """One held-out photo (TID2013-format reference `content`) and its distorted images, one folder per type:
+    `level 0 (reference).bmp`, `level 1.bmp` ... (the rows of the examples figure)."""
+    from tools.demo_data import TID_TYPE_IDS
+
+    tid = data / "TID2013"
+    folders = []
+    for name, type_id in sorted(TID_TYPE_IDS.items(), key=lambda item: item[1]):
+        folder = out / "synthetic_examples" / name.replace("_", " ")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tid / "reference_images" / f"I{content:02d}.BMP", folder / "level 0 (reference).bmp")
+        for image in sorted((tid / "distorted_images").glob(f"i{content:02d}_{type_id:02d}_*.bmp")):
+            shutil.copyfile(image, folder / f"level {image.stem.rsplit('_', 1)[1]}.bmp")
+        folders.append(str(folder))
+    return folders
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Offline CVRKD-IQA demo on scikit-image's photos.")
     parser.add_argument("--data", default="demo_data", help="where the demo dataset is built")
     parser.add_argument("--out", default="demo_output", help="where checkpoints, plots and results go")
-    parser.add_argument("--teacher_epochs", type=int, default=10)
-    parser.add_argument("--student_epochs", type=int, default=3)
-    parser.add_argument("--test_rounds", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--teacher_epochs", type=int, default=DEFAULT_TEACHER_EPOCHS)
+    parser.add_argument("--student_epochs", type=int, default=DEFAULT_STUDENT_EPOCHS)
+    parser.add_argument("--test_rounds", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data, the crops and the initialisation")
+    parser.add_argument("--amp", choices=["auto", "off", "bf16"], default="auto",
+                        help="training precision: auto = bf16 only where measured faster (see README), off = fp32")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     os.chdir(ROOT)
     out, data = Path(args.out), Path(args.data)
-    (out / "logs").mkdir(parents=True, exist_ok=True)
+    prepare_output(out)
 
     from tools.checkpoint import write_json
     from tools.demo_data import LABEL_RULE, build_demo_dataset
-    from tools.utils import cpu_has_native_bf16
 
+    times: dict[str, float] = {}
     print("== demo data: real photographs shipped with scikit-image, distorted KADID-style")
+    tick = time.perf_counter()
     summary = build_demo_dataset(data, seed=args.seed, overwrite=True)
+    times["data"] = time.perf_counter() - tick
     print(f"   train contents {summary['train_contents']} -> {data}/kadid10k ({summary['kadid_images']} images)")
     print(f"   held-out contents {summary['test_contents']} -> {data}/TID2013 ({summary['tid_images']} images)")
+    print(f"   reference pools: {len(summary['ref_train'])} training, {len(summary['ref_test'])} testing views "
+          "of the other photos")
     print(f"   label rule: {LABEL_RULE.splitlines()[0]}")
     if imagenet_weights_available():
         pretrained = "true"
@@ -111,50 +221,70 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         pretrained = "false"
         print("   backbone: no ImageNet weights in torchvision's cache -> frozen random ResNet-50 (offline demo)")
+    tick = time.perf_counter()
+    amp, why = choose_precision(args.amp)
+    times["precision"] = time.perf_counter() - tick
+    print(f"   precision for training: {why}; evaluation in fp32")
 
-    amp = "bf16" if cpu_has_native_bf16() else "off"
-    print(f"   precision: {'bf16 autocast (this CPU has native bf16)' if amp == 'bf16' else 'fp32'}")
     common = [*DEMO_NETWORK, "--dataset_dir", str(data), "--pretrained", pretrained, "--seed", str(args.seed),
               "--test_datasets", "tid2013", "--gpu_ids", "cpu"]
     training = [*common, *DEMO_TRAINING, "--amp", amp]
-    teacher_dir, student_dir, test_dir = out / "teacher", out / "student", out / "test"
-    times = {}
-    times["teacher"] = run_step("FR-teacher (LQ + aligned HQ), cross-dataset: KADID-format -> TID2013-format",
-                                "train_DistillationIQA_FR.py",
-                                [*training, "--epochs", str(args.teacher_epochs), "--checkpoint_dir", str(teacher_dir)],
-                                out / "logs")
-    teacher_ckpt = teacher_dir / "models" / "best.pth"
-    times["student"] = run_step("NAR-student (LQ + non-aligned reference) with KD from the frozen teacher",
-                                "train_DistillationIQA.py",
-                                [*training, *DEMO_STUDENT, "--epochs", str(args.student_epochs), "--checkpoint_dir",
-                                 str(student_dir), "--teacherNet_model_path", str(teacher_ckpt)], out / "logs")
-    student_ckpt = student_dir / "models" / "best.pth"
-    times["test"] = run_step("evaluation on the held-out content (fp32)", "test_DistillationIQA.py",
-                             [*common, "--studentNet_model_path", str(student_ckpt), "--teacherNet_model_path",
-                              str(teacher_ckpt), "--test_rounds", str(args.test_rounds), "--checkpoint_dir",
-                              str(test_dir), "--plot", str(out / "plots")], out / "logs")
-    blur = sorted((data / "TID2013" / "distorted_images").glob("i01_08_*.bmp"))
-    times["single"] = run_step("single-image scoring: one held-out photo, blur levels 1..5",
-                               "test_DistillationIQA_single.py",
-                               [*DEMO_NETWORK[:4], "--gpu_ids", "cpu", "--lq", *map(str, blur), "--ref",
-                                str(data / "DIV2K_ref" / "val_HR"), "--repeats", "3", "--studentNet_model_path",
-                                str(student_ckpt), "--output", str(out / "single_scores.csv")], out / "logs")
-    training_curves({"teacher": teacher_dir, "student": student_dir}, out / "plots" / "training_curves.png")
+    logs = out / "logs"
+    teacher_ckpt = out / "teacher" / "models" / "last.pth"
+    times["teacher"] = run_step(
+        "FR-teacher (LQ + aligned HQ), cross-dataset: KADID-format -> TID2013-format", "train_DistillationIQA_FR.py",
+        [*training, "--epochs", str(args.teacher_epochs), "--checkpoint_dir", str(out / "teacher")], logs)
+    students = {}
+    for name, title, options in (("student", "NAR-student with KD from the frozen teacher", DEMO_STUDENT),
+                                 ("student_no_kd", "the same NAR-student without KD", DEMO_STUDENT_NO_KD)):
+        times[name] = run_step(
+            f"{title} (starts from the teacher's weights)", "train_DistillationIQA.py",
+            [*training, *options, "--epochs", str(args.student_epochs), "--checkpoint_dir", str(out / name),
+             "--teacherNet_model_path", str(teacher_ckpt), "--studentNet_model_path", str(teacher_ckpt)], logs,
+            log_name=name)
+        students[name] = out / name / "models" / "last.pth"
+    evaluation = [*common, "--test_rounds", str(args.test_rounds)]
+    times["test"] = run_step(
+        "evaluation on the held-out content (fp32): student with KD and teacher; t-SNE w/ and w/o KD",
+        "test_DistillationIQA.py",
+        [*evaluation, "--studentNet_model_path", str(students["student"]), "--teacherNet_model_path",
+         str(teacher_ckpt), "--checkpoint_dir", str(out / "test"), "--plot", str(out / "plots"), "--tsne",
+         str(out / "plots"), "--tsne_compare", str(students["student_no_kd"])], logs)
+    times["test_no_kd"] = run_step(
+        "evaluation on the held-out content (fp32): student without KD", "test_DistillationIQA.py",
+        [*evaluation, "--studentNet_model_path", str(students["student_no_kd"]), "--checkpoint_dir",
+         str(out / "test_no_kd")], logs, log_name="test_no_kd")
+    times["single"] = run_step(
+        "synthetic examples: one held-out photo, every distortion at levels 0..5, scored by the KD student",
+        "test_DistillationIQA_single.py",
+        [*DEMO_NETWORK[:4], "--gpu_ids", "cpu", "--lq", *synthetic_examples(data, out), "--ref",
+         str(data / "DIV2K_ref" / "val_HR"), "--repeats", "3", "--studentNet_model_path", str(students["student"]),
+         "--output", str(out / "single_scores.csv"), "--figure", str(out / "plots" / "synthetic_examples.png")], logs)
+    training_curves({"teacher": out / "teacher", "student": out / "student", "student without KD":
+                     out / "student_no_kd"}, out / "plots" / "training_curves.png")
 
-    tested = json.loads((test_dir / "results" / "test_results.json").read_text())
-    results = {role: tested[role]["tid2013"] for role in ("teacher", "student")}
+    tested = json.loads((out / "test" / "results" / "test_results.json").read_text())
+    tested_no_kd = json.loads((out / "test_no_kd" / "results" / "test_results.json").read_text())
+    results = {"teacher": tested["teacher"]["tid2013"], "student": tested["student"]["tid2013"],
+               "student_no_kd": tested_no_kd["student"]["tid2013"]}
+    total = time.perf_counter() - start
     results["settings"] = {"backbone": "imagenet" if pretrained == "true" else "random (frozen, BN eval mode)",
+                           "seed": args.seed, "precision": amp, "precision_reason": why,
                            "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
-                           "test_rounds": args.test_rounds,
-                           "options": {"network": DEMO_NETWORK, "training": DEMO_TRAINING, "student": DEMO_STUDENT},
-                           "label_rule": LABEL_RULE, "seconds": {k: round(v, 1) for k, v in times.items()}}
+                           "test_rounds": args.test_rounds, "checkpoints": "last epoch (no choice on held-out data)",
+                           "options": {"network": DEMO_NETWORK, "training": DEMO_TRAINING, "student": DEMO_STUDENT,
+                                       "student_no_kd": DEMO_STUDENT_NO_KD,
+                                       "student_init": "the teacher's weights (--studentNet_model_path)"},
+                           "label_rule": LABEL_RULE,
+                           "seconds": {**{k: round(v, 1) for k, v in times.items()}, "total": round(total, 1)}}
     write_json(out / "results.json", results)
     print("\n== held-out content (TID2013-format), mean over test rounds")
-    print(f"   {'model':<8} {'SRCC':>7} {'PLCC':>7} {'KRCC':>7}")
-    for role in ("teacher", "student"):
+    print(f"   {'model':<14} {'SRCC':>7} {'PLCC':>7} {'KRCC':>7}")
+    for role in ("teacher", "student", "student_no_kd"):
         m = results[role]
-        print(f"   {role:<8} {m['srcc']:>7.3f} {m['plcc']:>7.3f} {m['krcc']:>7.3f}")
-    print(f"\n   results: {out / 'results.json'}; plots: {out / 'plots'}; total {time.perf_counter() - start:.0f} s")
+        print(f"   {role:<14} {m['srcc']:>7.3f} {m['plcc']:>7.3f} {m['krcc']:>7.3f}")
+    print("\n== time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
+    print(f"   results: {out / 'results.json'}; figures: {out / 'plots'}; total {total:.0f} s")
     return results
 
 

@@ -1,15 +1,18 @@
 """Build a small, offline demo dataset from real photographs, laid out like KADID-10k, TID2013 and DIV2K.
 
 The photographs are the colour sample photos that scikit-image ships *inside its package* (read straight from
-``skimage/data/``; nothing is downloaded).  They are split by photo into four disjoint groups:
+``skimage/data/``; nothing is downloaded).  They make four groups:
 
 * training content   -> ``<out>/kadid10k/``  (KADID-10k format),
 * held-out content   -> ``<out>/TID2013/``   (TID2013 format),
 * reference pool for training -> ``<out>/DIV2K_ref/train_HR/`` (DIV2K-style PNGs ``0001.png`` ...),
 * reference pool for testing  -> ``<out>/DIV2K_ref/val_HR/``   (DIV2K-style PNGs ``0801.png`` ...).
 
-Large photos give several *contents* (non-overlapping crops); a photo never appears in two groups.  The stereo
-twin ``motorcycle_right.png`` is not used because it shows the same scene as ``motorcycle_left.png``.
+Large photos give several *contents* (non-overlapping crops).  The held-out photos appear in no other group.
+The reference pools hold many views of every other photo (training pool: the four quadrants of each; testing
+pool: each whole photo and its centre), so that a student sees many different references: with a pool of two
+images its prediction depends mostly on which one it drew.  The stereo twin ``motorcycle_right.png`` shows the
+same scene as ``motorcycle_left.png`` and is used only in the pools.
 
 Layout (exactly the real datasets' conventions, see ``dataset/README.md``)::
 
@@ -90,7 +93,7 @@ __all__ = [
 MANIFEST_NAME = "demo_manifest.json"
 INCOMPLETE_MARKER = ".demo_build_incomplete"
 _FORMAT_TAG = "cvrkd-iqa-demo-data"
-_FORMAT_VERSION = 2
+_FORMAT_VERSION = 3
 _OUTPUT_ENTRIES = ("kadid10k", "TID2013", "DIV2K_ref")
 MAX_LEVELS = 9  # TID2013 writes the level as one digit
 POOL_SCALE = 1.25  # reference-pool images are this much larger than the distorted ones
@@ -294,6 +297,7 @@ class _Content:
     photo: str  # file name inside skimage/data
     region: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1; None = the whole photo
     anchor: tuple[float, float] = (0.5, 0.5)
+    fraction: tuple[float, float, float, float] | None = None  # the region as fractions of the photo's size
 
 
 _SPLIT: dict[str, tuple[_Content, ...]] = {
@@ -310,15 +314,21 @@ _SPLIT: dict[str, tuple[_Content, ...]] = {
         _Content("rocket_right", "rocket.jpg", (360, 0, 640, 427), (0.5, 1.0)),
         _Content("retina", "retina.jpg", (305, 380, 1105, 980)),
     ),
-    "ref_train": (  # 1 photo, 2 contents
-        _Content("ihc_top", "ihc.png", (0, 0, 512, 256)),
-        _Content("ihc_bottom", "ihc.png", (0, 256, 512, 512)),
-    ),
-    "ref_test": (  # 1 photo, 2 contents
-        _Content("hubble_top_left", "hubble_deep_field.jpg", (0, 0, 500, 436)),
-        _Content("hubble_bottom_right", "hubble_deep_field.jpg", (500, 436, 1000, 872)),
-    ),
 }
+
+# The reference pools: many pristine views of every photo that is NOT held-out content (so a student learns to
+# ignore which reference it drew). Training pool: the four quadrants of each photo; testing pool: each whole photo
+# and its centre, other views than the training pool's. The held-out photos never appear in a pool.
+_POOL_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "motorcycle_right.png",
+                "ihc.png", "hubble_deep_field.jpg")
+_POOL_VIEWS = {
+    "ref_train": (("q1", (0.0, 0.0, 0.5, 0.5)), ("q2", (0.5, 0.0, 1.0, 0.5)),
+                  ("q3", (0.0, 0.5, 0.5, 1.0)), ("q4", (0.5, 0.5, 1.0, 1.0))),
+    "ref_test": (("whole", (0.0, 0.0, 1.0, 1.0)), ("centre", (0.25, 0.25, 0.75, 0.75))),
+}
+for _group, _views in _POOL_VIEWS.items():
+    _SPLIT[_group] = tuple(_Content(f"{Path(photo).stem}_{view}", photo, fraction=box)
+                           for photo in _POOL_PHOTOS for view, box in _views)
 _GROUP_INDEX = {group: i for i, group in enumerate(_SPLIT)}
 
 
@@ -338,6 +348,10 @@ def _load_content(content: _Content, size: tuple[int, int]) -> np.ndarray:
     with Image.open(path) as im:
         im = im.convert("RGB")
         x0, y0, x1, y1 = content.region if content.region is not None else (0, 0, im.width, im.height)
+        if content.fraction is not None:
+            fx0, fy0, fx1, fy1 = content.fraction
+            x0, x1 = round(fx0 * im.width), round(fx1 * im.width)
+            y0, y1 = round(fy0 * im.height), round(fy1 * im.height)
         rw, rh = x1 - x0, y1 - y0
         if rw * h > rh * w:  # region is wider than the target: full height
             ch, cw = rh, max(1, round(rh * w / h))
