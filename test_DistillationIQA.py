@@ -12,12 +12,13 @@ import os
 
 import numpy as np
 
+from common.errors import UserError, run_cli
+from common.files import ensure_writable_folder, write_csv, write_json
+from common.log import get_logger
 from dataloaders import dataset_class
 from option_train_DistillationIQA import set_args
 from tools import engine
-from tools.checkpoint import ensure_writable_folder, write_csv, write_json
-from tools.errors import UserError, run_cli
-from tools.utils import get_logger, note_training_amp_in_testing
+from tools.utils import note_training_amp_in_testing
 
 METRICS = ("srcc", "plcc", "krcc")
 
@@ -63,7 +64,7 @@ def write_plots(folder: str, model_name: str, per_dataset: dict[str, list[dict]]
 
 def student_title(path: str) -> str:
     """"w/ KD" or "w/o KD" from a checkpoint's stored options (its feature_loss_ratio), else the file name."""
-    from tools.checkpoint import safe_torch_load
+    from common.files import safe_torch_load
 
     checkpoint = safe_torch_load(path)
     options = checkpoint.get("args") if isinstance(checkpoint, dict) else None

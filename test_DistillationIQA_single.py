@@ -11,10 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+from common.errors import UserError, run_cli
 from dataloaders import DEFAULT_DIRS
 from option_train_DistillationIQA import set_args
 from tools.checkpoint import check_scores_path, write_scores
-from tools.errors import UserError, run_cli
 from tools.scorer import IQAScorer, expand_image_paths
 from tools.utils import note_training_amp_in_testing, resolve_precision, seed_everything, select_device
 

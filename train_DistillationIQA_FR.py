@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
+from common.errors import run_cli
 from option_train_DistillationIQA_FR import set_args
 from tools import engine
-from tools.errors import run_cli
 from tools.utils import cleanup_distributed
 
 

@@ -6,9 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from common.errors import run_cli
 from dataloaders.check import run_check
 from dataloaders.loaders import DATASET_NAMES
-from tools.errors import run_cli
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from common.errors import UserError
 from dataloaders.image_io import image_size, load_rgb
 from dataloaders.ref_cache import CacheEntry, ReferenceCache
 from dataloaders.sampling import fit_patch_size, fitted_size, independent_patches, paired_patches, to_uint8_tensor
-from tools.errors import UserError
 
 MODES = ("lq", "lq_hq", "lq_hq_ref")
 

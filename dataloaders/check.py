@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common.errors import UserError
 from dataloaders.image_io import image_size, list_reference_images, load_rgb
 from dataloaders.loaders import dataset_class
-from tools.errors import UserError
 
 
 def _inspect_images(paths: list[Path], patch_size: int, decode: bool, check_size: bool,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import UserError
 from dataloaders.base import IQADataset, Sample
 from dataloaders.image_io import CaseInsensitiveLookup
 from dataloaders.xlsx import read_xlsx_rows
-from tools.errors import UserError
 
 # ---- shared parsing helpers ---------------------------------------------------------------------------
 

@@ -11,10 +11,10 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from common.errors import UserError
 from dataloaders.base import IQADataset
 from dataloaders.datasets import DATASETS
 from dataloaders.ref_cache import ReferenceCache
-from tools.errors import UserError
 
 DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 

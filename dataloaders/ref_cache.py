@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from tools.utils import get_logger
+from common.log import get_logger
 
 GB = 2**30
 DEFAULT_CAP_GB = 16.0  # DIV2K's train + val pools decoded are 7.5 GB

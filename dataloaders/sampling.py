@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tools.errors import UserError
+from common.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 from xml.etree import ElementTree
 
-from tools.errors import UserError
+from common.errors import UserError
 
 _NS = {
     "m": "http://schemas.openxmlformats.org/spreadsheetml/2006/main",

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from torchvision.models import ResNet50_Weights
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from tools.checkpoint import safe_torch_load
-from tools.errors import UserError
+from common.errors import UserError
+from common.files import safe_torch_load
 
 STAGE_CHANNELS = (256, 512, 1024, 2048)
 TOKENS = 49  # 7x7 positions after the per-stage pooling

@@ -7,9 +7,9 @@ import pickle
 import pytest
 import torch
 
+from common.errors import UserError
 from models.DistillationIQA import DistillationIQANet
 from tests.test_model import released_state_dict
-from tools.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from common import files
+from common.errors import UserError
 from tools import checkpoint as ckpt
-from tools.errors import UserError
 
 
 def _old_files(tmp_path):
     path, other = tmp_path / "last.pth", tmp_path / "best.pth"
-    ckpt.atomic_torch_save({"epoch": 1}, path, other)
+    files.atomic_torch_save({"epoch": 1}, path, other)
     return path, other, path.read_bytes(), other.read_bytes()
 
 
@@ -34,30 +35,30 @@ def test_failed_checkpoint_write_keeps_the_old_file(tmp_path, monkeypatch, faili
         raise OSError("disk full")
 
     if failing == "os.replace":
-        monkeypatch.setattr(ckpt.os, "replace", boom)
+        monkeypatch.setattr(files.os, "replace", boom)
     elif failing == "fsync":
-        monkeypatch.setattr(ckpt.os, "fsync", boom)
+        monkeypatch.setattr(files.os, "fsync", boom)
     else:
-        monkeypatch.setattr(ckpt.torch, "save", boom)
+        monkeypatch.setattr(files.torch, "save", boom)
     # a failing file system reaches the user as one line naming the file (UserError); a failing
     # serialisation happens before any file is touched and propagates as it is
     expected = (OSError, "disk full") if failing == "torch.save" \
         else (UserError, r"cannot write .*last\.pth: disk full")
     with pytest.raises(expected[0], match=expected[1]):
-        ckpt.atomic_torch_save({"epoch": 2}, path, other)
+        files.atomic_torch_save({"epoch": 2}, path, other)
     _assert_unchanged(tmp_path, {path: old, other: old_other})
 
 
 def test_interrupted_text_write_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "metrics.csv"
-    ckpt.write_csv(path, [{"epoch": 0, "loss": 1.5}])
+    files.write_csv(path, [{"epoch": 0, "loss": 1.5}])
     old = path.read_bytes()
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ckpt.os, "replace", interrupted)
+    monkeypatch.setattr(files.os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        ckpt.write_csv(path, [{"epoch": 0, "loss": 1.5}, {"epoch": 1, "loss": 1.2}])
+        files.write_csv(path, [{"epoch": 0, "loss": 1.5}, {"epoch": 1, "loss": 1.2}])
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"] and path.read_bytes() == old
 
 
@@ -73,7 +74,7 @@ def test_rng_state_round_trip_through_a_saved_checkpoint(tmp_path):
     random.gauss(0, 1)  # leave a cached Gaussian in Python's generator
     np.random.randn()  # and draw numpy's Gaussians in pairs' first half, so it caches one too
     path = tmp_path / "rng.pth"
-    ckpt.atomic_torch_save({"rng": ckpt.rng_state()}, path)
+    files.atomic_torch_save({"rng": ckpt.rng_state()}, path)
     expected = _draws()
     _draws()  # move every generator on
     random.seed(0)

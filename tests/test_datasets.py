@@ -11,6 +11,7 @@ import torch
 from scipy.io import savemat
 
 import dataloaders as dl
+from common.errors import UserError
 from dataloaders.xlsx import column_index, read_xlsx_rows
 from tests.dataset_fixtures import (
     MAKERS,
@@ -24,7 +25,6 @@ from tests.dataset_fixtures import (
     write_image,
     write_xlsx,
 )
-from tools.errors import UserError
 
 SYNTHETIC = ("kadid10k", "live", "csiq", "tid2013", "pipal")
 AUTHENTIC = ("koniq-10k", "livec", "bid")

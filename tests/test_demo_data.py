@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import tools.demo_data as demo
+from common.errors import UserError
 from tools.demo_data import (
     DISTORTIONS,
     KADID_TYPE_IDS,
@@ -21,7 +22,6 @@ from tools.demo_data import (
     build_demo_dataset,
     main,
 )
-from tools.errors import UserError
 
 SIZE = (64, 48)
 LEVELS = 5

@@ -75,7 +75,7 @@ def test_within_dataset_rounds_split_contents_and_report_the_median(tmp_path, mo
 
     monkeypatch.setattr(engine, "train_one_epoch", recording_epoch)
     monkeypatch.setattr(engine, "evaluate", scripted_evaluate)
-    monkeypatch.setattr(engine.ckpt, "atomic_torch_save", lambda *a, **k: None)
+    monkeypatch.setattr(engine.files, "atomic_torch_save", lambda *a, **k: None)
     monkeypatch.chdir(tmp_path)
     args = set_args(["--train_dataset", "tid2013", "--test_dataset", "tid2013", "--train_test_num", "3",
                      "--epochs", "1", "--patch_size", "8", "--self_patch_num", "2", "--distillation_layer", "4",

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.errors import UserError
 from models.DistillationIQA import UNUSED_CHECKPOINT_KEYS, DistillationIQANet
-from tools.errors import UserError
 from tools.export_checkpoint import PLACEHOLDERS, export_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import pytest
 
 import option_train_DistillationIQA as student_options
 import option_train_DistillationIQA_FR as teacher_options
-from tools.errors import UserError
+from common.errors import UserError
 from tools.utils import select_device, wants_cpu
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -35,7 +35,7 @@ def test_optimizer_lr_at_every_epoch_of_the_loop(tmp_path, monkeypatch):
         return {"loss": 0.0, "train_srcc": float("nan"), "samples_per_s": 0.0, "data_share": 0.0}
 
     monkeypatch.setattr(engine, "train_one_epoch", recording_epoch)
-    monkeypatch.setattr(engine.ckpt, "atomic_torch_save", lambda *a, **k: None)  # 23 checkpoints: not needed here
+    monkeypatch.setattr(engine.files, "atomic_torch_save", lambda *a, **k: None)  # 23 checkpoints: not needed here
     monkeypatch.chdir(tmp_path)
     epochs = 23
     args = set_args(["--epochs", str(epochs), "--update_opt_epoch", "10", "--lr", "1.0", "--lr_ratio", "10",

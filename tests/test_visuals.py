@@ -41,7 +41,7 @@ def test_tsne_separates_clusters_and_draws_panels(tmp_path):
 
 
 def test_tsne_figure_rejects_mismatched_sizes(tmp_path):
-    from tools.errors import UserError
+    from common.errors import UserError
 
     with pytest.raises(UserError, match="3 feature vectors for 4 labels"):
         tsne_figure({"a": np.zeros((3, 2))}, np.arange(4), tmp_path / "x.png")
@@ -75,7 +75,7 @@ def test_choose_precision_skips_timing_without_bf16_units(monkeypatch):
 
 
 def test_demo_output_folder_safety(tmp_path):
-    from tools.errors import UserError
+    from common.errors import UserError
 
     foreign = tmp_path / "mine"
     foreign.mkdir()

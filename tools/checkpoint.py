@@ -1,100 +1,17 @@
-"""Checkpoint and result files, always written atomically (a crash never leaves a half-written file)."""
+"""This project's checkpoints: their roles, the RNG state they carry, their options; score files."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import random
-import shutil
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 
-from tools.errors import UserError
-
-
-def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
-    """Write through a temporary file and a rename; a failure (full disk, read-only folder) is a
-    `UserError` naming the file, and the previous content of `path` stays as it was."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise UserError(f"cannot write {path}: {err.strerror or err}") from None
-        raise
-
-
-def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    _atomic_write(path, lambda handle: handle.write(data))
-
-
-def atomic_copy(source: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Copy `source` to `path` through a temporary file and a rename."""
-    def copy(handle: BinaryIO) -> None:
-        with open(source, "rb") as src:
-            shutil.copyfileobj(src, handle, 16 << 20)
-    _atomic_write(path, copy)
-
-
-def ensure_writable_folder(folder: str | os.PathLike, what: str) -> Path:
-    """Create `folder` if needed and check that a file can be written in it; `UserError` naming `what` if not."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{what} {folder} is a file, expected a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise UserError(f"{what} {folder} is not writable: {err.strerror or err}") from None
-    return folder
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename."""
-    _atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_torch_save(obj: object, *paths: str | os.PathLike) -> None:
-    """`torch.save` to each of `paths` (serialised once), each through a temporary file and a rename."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    for path in paths:
-        _atomic_write_bytes(path, buffer.getvalue())
-
-
-def write_json(path: str | os.PathLike, obj: object) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, object]]) -> None:
-    """Rows of dicts to CSV; the header is the union of the keys in first-seen order."""
-    fields: list[str] = []
-    for row in rows:
-        fields += [k for k in row if k not in fields]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
-
+from common.errors import UserError
+from common.files import ensure_writable_folder, safe_torch_load, write_csv, write_json
 
 SCORE_SUFFIXES = (".csv", ".json")
 
@@ -158,20 +75,6 @@ def set_rng_state(state: Mapping) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def safe_torch_load(path: str | os.PathLike, context: str = "", mmap: bool = False) -> object:
-    """`torch.load(weights_only=True)` on the CPU; a file it refuses becomes a `UserError` naming it.
-
-    `mmap=True` maps the tensors instead of reading them (for a look at the other entries).
-    """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:
-        raise UserError(
-            f"{context}{path} is not a checkpoint that can be loaded safely (torch.load with weights_only=True "
-            f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-        ) from None
 
 
 def load_training_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from tools.errors import UserError
+from common.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT_MARKER = ".cvrkd_demo_output"  # marks a folder the demo made, so that it may clear its own step folders
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
     out, data = Path(args.out), Path(args.data)
     prepare_output(out)
 
-    from tools.checkpoint import write_json
+    from common.files import write_json
     from tools.demo_data import LABEL_RULE, build_demo_dataset
 
     times: dict[str, float] = {}
@@ -289,6 +289,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from tools.errors import run_cli
+    from common.errors import run_cli
 
     run_cli(main)

@@ -75,7 +75,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from tools.errors import UserError, run_cli
+from common.errors import UserError, run_cli
 
 __all__ = [
     "DISTORTIONS",

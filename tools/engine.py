@@ -19,6 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from common import files
+from common.errors import UserError
+from common.log import get_logger, setup_logger
 from dataloaders import (
     DATASET_NAMES,
     build_dataset,
@@ -33,17 +36,14 @@ from dataloaders.sampling import to_model_input
 from models.DistillationIQA import DistillationIQANet
 from tools import checkpoint as ckpt
 from tools import run_folder
-from tools.errors import UserError
 from tools.metrics import compute_metrics, oriented, quality_sum
 from tools.options import check_args
 from tools.utils import (
     DistInfo,
     Precision,
-    get_logger,
     init_distributed,
     resolve_precision,
     seed_everything,
-    setup_logger,
 )
 
 LR_RATIO_RESET_EPOCH = 20  # after epoch t > 20 (0-based) the non-backbone lr multiplier becomes 1
@@ -118,7 +118,7 @@ def build_network(args: argparse.Namespace, device: torch.device, *, weights: st
 def training_set_of(path: str | os.PathLike, default: str) -> tuple[str, str]:
     """(training set, where that was read) of a checkpoint: its stored options (this project's files), else
     `default` (--train_dataset; the authors' released files were trained on kadid10k)."""
-    checkpoint = ckpt.safe_torch_load(path)
+    checkpoint = files.safe_torch_load(path)
     stored = checkpoint.get("args") if isinstance(checkpoint, dict) else None
     if isinstance(stored, dict) and stored.get("train_dataset") in DATASET_NAMES:
         return stored["train_dataset"], "the checkpoint's options"
@@ -494,7 +494,7 @@ def train_and_evaluate(run: Run, role: Role, build_model: Callable[[], Distillat
 
     report = _final_report(finished_rounds, within)
     if run.dist.is_main:
-        ckpt.write_json(os.path.join(args.result_checkpoint_dir, "summary.json"), report)
+        files.write_json(os.path.join(args.result_checkpoint_dir, "summary.json"), report)
         logger.info(report["text"])
     return report
 
@@ -580,7 +580,7 @@ def _train_round(run: Run, role: Role, build_model, train_loader, test_sets, rou
                 if run.dist.is_main else {}
         except Exception as err:  # a bad test image, a vanished file ...: keep the trained epoch
             path = os.path.join(models_dir, "last.pth")
-            ckpt.atomic_torch_save(checkpoint(epoch - 1, pending=stats), path)
+            files.atomic_torch_save(checkpoint(epoch - 1, pending=stats), path)
             note = f"the trained epoch {epoch} is saved in {path}: fix the cause and continue with --resume"
             if isinstance(err, UserError):
                 raise UserError(f"evaluation after epoch {epoch} failed: {err}\n{note}") from None
@@ -603,8 +603,8 @@ def _train_round(run: Run, role: Role, build_model, train_loader, test_sets, rou
             # last.pth first: whatever fails after it, --resume restores the epoch and best files from it
             names = ["last.pth", f"{role.name}{suffix}_{epoch}.pth"] + ([f"best{suffix}.pth"] if improved else [])
             try:
-                ckpt.atomic_torch_save(checkpoint(epoch), *(os.path.join(models_dir, name) for name in names))
-                ckpt.write_csv(os.path.join(args.result_checkpoint_dir, "metrics.csv"), history)
+                files.atomic_torch_save(checkpoint(epoch), *(os.path.join(models_dir, name) for name in names))
+                files.write_csv(os.path.join(args.result_checkpoint_dir, "metrics.csv"), history)
             except UserError as err:
                 raise UserError(f"{err} (training stopped after epoch {epoch}; {models_dir}/last.pth holds the "
                                 "last epoch that could be saved: make room and continue with --resume)") from None

@@ -19,14 +19,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from common.errors import UserError, run_cli
+from common.files import atomic_torch_save, safe_torch_load
 from models.DistillationIQA import (
     UNUSED_CHECKPOINT_KEYS,
     DistillationIQANet,
     checkpoint_patch_num,
     extract_state_dict,
 )
-from tools.checkpoint import atomic_torch_save, safe_torch_load
-from tools.errors import UserError, run_cli
 
 # The unused keys in the released files' order, with their shapes there and the placeholder value.
 PLACEHOLDERS: dict[str, tuple[tuple[int, ...], float]] = {

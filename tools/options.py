@@ -10,8 +10,8 @@ import math
 import os
 from pathlib import Path
 
+from common.errors import UserError
 from dataloaders import DATASET_NAMES, DEFAULT_DIRS
-from tools.errors import UserError
 
 DATASET_HELP = "|".join(DATASET_NAMES)
 DATASET_PATH_OPTIONS = {name: name.replace("-", "") + "_path" for name in DATASET_NAMES}  # koniq-10k -> koniq10k_path
@@ -210,7 +210,7 @@ def check_args(args: argparse.Namespace, rank: int = 0) -> argparse.Namespace:
     lines = ["------------ Options -------------"]
     lines += [f"{key}: {value}" for key, value in vars(args).items()]
     lines.append("-------------- End ----------------")
-    from tools.checkpoint import atomic_write_text  # late import: keeps `--help` fast
+    from common.files import atomic_write_text  # late import: keeps `--help` fast
 
     atomic_write_text(args.setting_file, "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -29,8 +29,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from common import files
+from common.errors import UserError
 from tools import checkpoint as ckpt
-from tools.errors import UserError
 from tools.utils import DistInfo
 
 LOCK_NAME = ".run.lock"
@@ -150,7 +151,7 @@ def _prepare(args: argparse.Namespace) -> RunLock:
         check_resume(args, ckpt.load_training_checkpoint(resume_path(args), mmap=True),
                      ckpt.checkpoint_role({"args": vars(args)}) or "teacher")
     for folder in (root, models, results, log):
-        ckpt.ensure_writable_folder(folder, "--checkpoint_dir")
+        files.ensure_writable_folder(folder, "--checkpoint_dir")
     lock = RunLock(root / LOCK_NAME).acquire()
     try:
         if not args.resume and holds_run(args):
@@ -360,7 +361,7 @@ def check_resume(args: argparse.Namespace, state: Mapping, role: str, teacher: n
 def _recorded(path: Path) -> tuple[int, int] | None:
     """(round, epoch) recorded in a complete checkpoint file, read without loading its tensors."""
     try:
-        state = ckpt.safe_torch_load(path, mmap=True)
+        state = files.safe_torch_load(path, mmap=True)
     except UserError:
         return None
     if not isinstance(state, Mapping) or "epoch" not in state or state.get("pending") is not None:
@@ -396,12 +397,12 @@ def repair(args: argparse.Namespace, state: Mapping, role: str, rounds: int) -> 
 
     last = models / "last.pth"
     if not pending and source.resolve() != last.resolve() and _recorded(last) != (current, epoch):
-        ckpt.atomic_copy(source, last)
+        files.atomic_copy(source, last)
         notes.append(f"resume: last.pth now holds the point resumed from ({source})")
 
     own = models / f"{prefix}{suffix(current)}_{epoch}.pth"
     if not pending and epoch >= 0 and not own.is_file():
-        ckpt.atomic_copy(source, own)
+        files.atomic_copy(source, own)
         notes.append(f"resume: {own.name} restored from {source}")
 
     bests = [(int(r["round"]) - 1, r.get("best_epoch")) for r in state.get("rounds", [])]
@@ -421,10 +422,10 @@ def repair(args: argparse.Namespace, state: Mapping, role: str, rounds: int) -> 
                                 "continue (best results stay recorded in summary.json)")
             notes.append(f"warning: resume: no checkpoint of the best epoch {best_epoch} is left for {best.name}")
             continue
-        ckpt.atomic_copy(good, best)
+        files.atomic_copy(good, best)
         notes.append(f"resume: {best.name} was not the recorded best epoch {best_epoch}: restored from {good.name}")
 
     history = state.get("history") or []
     if history:
-        ckpt.write_csv(Path(args.result_checkpoint_dir) / "metrics.csv", history)
+        files.write_csv(Path(args.result_checkpoint_dir) / "metrics.csv", history)
     return notes

@@ -20,11 +20,11 @@ from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from common.errors import UserError
 from dataloaders import list_reference_images, load_rgb
 from dataloaders.sampling import fit_patch_size, independent_patches, to_model_input, to_uint8_tensor
 from models.DistillationIQA import DistillationIQANet
 from tools.checkpoint import load_model_checkpoint
-from tools.errors import UserError
 
 ImageInput = str | os.PathLike | Image.Image | torch.Tensor
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")

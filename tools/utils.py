@@ -1,9 +1,8 @@
-"""Runtime helpers shared by the scripts: device, seeding, distributed set-up, logging, mixed precision."""
+"""Runtime helpers shared by the scripts: device, seeding, distributed set-up, mixed precision."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import random
 import sys
@@ -14,9 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from tools.errors import UserError
-
-LOGGER_NAME = "cvrkd"
+from common.errors import UserError
 
 
 @dataclass
@@ -77,27 +74,6 @@ def init_distributed(gpu_ids: str | None) -> tuple[DistInfo, torch.device]:
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def setup_logger(log_file: str | None, is_main: bool = True) -> logging.Logger:
-    """Console + file logger; processes other than rank 0 only log warnings."""
-    logger = logging.getLogger(LOGGER_NAME)
-    logger.handlers.clear()
-    logger.propagate = False
-    logger.setLevel(logging.INFO if is_main else logging.WARNING)
-    console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(console)
-    if log_file and is_main:
-        os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
-        handler = logging.FileHandler(log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        logger.addHandler(handler)
-    return logger
-
-
-def get_logger() -> logging.Logger:
-    return logging.getLogger(LOGGER_NAME)
 
 
 @dataclass

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tools.errors import UserError
+from common.errors import UserError
 
 MAX_DISCRETE_COLOURS = 10  # labels with at most this many distinct values get a legend instead of a colour bar
 
