@@ -15,9 +15,13 @@ import numpy as np
 from common.errors import UserError, run_cli
 from common.files import ensure_writable_folder, write_csv, write_json
 from common.log import get_logger
-from dataloaders import dataset_class
+from dataloaders import REFERENCE_KEY, dataset_class
 from option_train_DistillationIQA import set_args
-from tools import engine
+from tools.data import build_test_sets, data_options
+from tools.epoch import evaluate, images_per_s
+from tools.networks import build_network, training_set_of
+from tools.options import check_args
+from tools.runtime import Run, setup_run
 from tools.utils import note_training_amp_in_testing
 
 METRICS = ("srcc", "plcc", "krcc")
@@ -29,11 +33,11 @@ def evaluate_rounds(model, test_sets, run, rounds: int, ref_key: str, fit: bool,
     by the label direction of the model's training set."""
     per_dataset: dict[str, list[dict]] = {t.name: [] for t in test_sets}
     for r in range(rounds):
-        for name, metrics in engine.evaluate(model, test_sets, run, r, ref_key, fit,
+        for name, metrics in evaluate(model, test_sets, run, r, ref_key, fit,
                                              trained_higher_is_better=trained_higher_is_better).items():
             per_dataset[name].append(metrics)
             get_logger().info(f"round {r}: {name} SRCC {metrics['srcc']:.4f} PLCC {metrics['plcc']:.4f} "
-                              f"KRCC {metrics['krcc']:.4f} ({engine.images_per_s(metrics):.1f} images/s)")
+                              f"KRCC {metrics['krcc']:.4f} ({images_per_s(metrics):.1f} images/s)")
     return per_dataset
 
 
@@ -82,7 +86,8 @@ def write_tsne(folder: str, args: argparse.Namespace, run, student, test_sets) -
     if args.tsne_compare:
         if not os.path.isfile(args.tsne_compare):
             raise UserError(f"--tsne_compare: checkpoint not found: {args.tsne_compare}")
-        other = engine.build_network(args, run.device, weights=args.tsne_compare)
+        other = build_network(run.device, self_patch_num=args.self_patch_num,
+                              distillation_layer=args.distillation_layer, weights=args.tsne_compare)
         title = student_title(args.tsne_compare)
         if title in models:
             title = f"{os.path.basename(args.tsne_compare)} ({title})"
@@ -98,8 +103,18 @@ def write_tsne(folder: str, args: argparse.Namespace, run, student, test_sets) -
         get_logger().info(f"t-SNE map written to {path}")
 
 
+def setup_test_run(args: argparse.Namespace) -> Run:
+    """The run of the test script: the options file and log in --checkpoint_dir (rank 0)."""
+    def write_options(info) -> None:
+        check_args(args, rank=info.rank)
+
+    return setup_run(gpu_ids=args.gpu_ids, seed=args.seed, amp=args.amp, eval_amp=args.eval_amp,
+                     log_file=os.path.join(args.log_checkpoint_dir, "log.txt"), ref_cache_gb=args.ref_cache_gb,
+                     num_workers=args.num_workers, prepare=write_options)
+
+
 def main(args: argparse.Namespace) -> dict:
-    run = engine.setup_run(args)
+    run = setup_test_run(args)
     note_training_amp_in_testing(args.amp, args.eval_amp)
     for option in ("studentNet_model_path", "teacherNet_model_path"):
         path = getattr(args, option)
@@ -107,27 +122,32 @@ def main(args: argparse.Namespace) -> dict:
             raise UserError(f"--{option}: checkpoint not found: {path}")
     if args.plot:
         ensure_writable_folder(args.plot, "--plot")  # before any evaluation
-    models = [("student", args.studentNet_model_path, "lq_hq_ref", "ref")]
+    models = [("student", args.studentNet_model_path, "lq_hq_ref")]
     if args.teacherNet_model_path:
-        models.append(("teacher", args.teacherNet_model_path, "lq_hq", "hq"))
-    networks = {name: engine.build_network(args, run.device, weights=path, role=name,
-                                           option=f"--{name}Net_model_path")
-                for name, path, _, _ in models}
+        models.append(("teacher", args.teacherNet_model_path, "lq_hq"))
+    networks = {name: build_network(run.device, self_patch_num=args.self_patch_num,
+                                    distillation_layer=args.distillation_layer, weights=path, role=name,
+                                    option=f"--{name}Net_model_path")
+                for name, path, _ in models}
+    if args.print_netC:
+        get_logger().info(str(networks["student"]))
     test_datasets = [args.test_dataset] if args.test_dataset else args.test_datasets
     rows, report = [], {}
-    for model_name, path, mode, ref_key in models:
+    for model_name, path, mode in models:
         model = networks[model_name]
-        trained_on, source = engine.training_set_of(path, args.train_dataset)
+        trained_on, source = training_set_of(path, args.train_dataset)
         higher = dataset_class(trained_on).higher_is_better
         get_logger().info(f"{model_name}: trained on {trained_on} (from {source}), labels "
                           f"{'higher' if higher else 'lower'} is better; correlations are flipped on test sets "
                           f"whose labels are {'lower' if higher else 'higher'} is better")
-        test_sets = engine.build_test_sets(args, test_datasets, mode, ref_cache=run.ref_cache,
-                                           ref_folder=args.ref_test_dataset_path if mode == "lq_hq_ref" else None)
+        test_sets = build_test_sets(test_datasets, mode, **data_options(args), batch_size=args.test_batch_size,
+                                    repeats=args.test_patch_num, augment_teacher=args.teacher_test_augment,
+                                    ref_folder=args.ref_test_dataset_path, ref_cache=run.ref_cache)
         if not test_sets:
             get_logger().warning(f"warning: no test dataset found for the {model_name}")
             continue
-        per_dataset = evaluate_rounds(model, test_sets, run, args.test_rounds, ref_key, args.use_fitting_prcc_srcc,
+        per_dataset = evaluate_rounds(model, test_sets, run, args.test_rounds, REFERENCE_KEY[mode],
+                                      args.use_fitting_prcc_srcc,
                                       trained_higher_is_better=higher)
         rows += summarize(model_name, per_dataset)
         report[model_name] = {name: {k: float(np.mean([m[k] for m in rounds])) for k in METRICS}

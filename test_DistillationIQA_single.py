@@ -42,7 +42,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     precision = resolve_precision(args.eval_amp, device)  # fp32 unless --eval_amp asks otherwise
     scorer = IQAScorer(args.studentNet_model_path, refs, self_patch_num=args.self_patch_num,
                        patch_size=args.patch_size, repeats=args.repeats, seed=args.seed,
-                       batch_size=args.test_batch_size, device=device, distillation_layer=args.distillation_layer,
+                       batch_size=args.test_batch_size, device=device,
                        upscale=args.upscale_small_images, autocast_dtype=precision.dtype)
     if args.print_netC:
         print(scorer.net)

@@ -11,16 +11,19 @@ import argparse
 from common.errors import run_cli
 from option_train_DistillationIQA_FR import set_args
 from tools import engine
+from tools.networks import build_network
 from tools.utils import cleanup_distributed
 
 
 def main(args: argparse.Namespace) -> dict:
-    run = engine.setup_run(args)
+    run = engine.setup_training_run(args)
     try:
-        role = engine.Role(name="FRIQA_teacher", train_mode="lq_hq", test_ref_key="hq")
-        weights = args.teacherNet_model_path  # optional: fine-tune from these weights
-        return engine.train_and_evaluate(run, role, lambda: engine.build_network(
-            args, run.device, weights=weights, role="teacher", option="--teacherNet_model_path"))
+        role = engine.Role(name="FRIQA_teacher", mode="lq_hq")
+        return engine.train_and_evaluate(args, run, role, lambda: build_network(
+            run.device, self_patch_num=args.self_patch_num, distillation_layer=args.distillation_layer,
+            pretrained=args.pretrained, backbone_bn_eval=args.freeze_backbone_bn,
+            weights=args.teacherNet_model_path,  # optional: fine-tune from these weights
+            role="teacher", option="--teacherNet_model_path"))
     finally:
         run.close()
         cleanup_distributed()

@@ -145,7 +145,7 @@ def plain_process(args) -> None:
         print(f"{path}  {score:.4f}")
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=1)
@@ -156,15 +156,75 @@ def main() -> None:
     parser.add_argument("--lq", help=argparse.SUPPRESS)
     parser.add_argument("--ref", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def in_process_rows(net, lq_paths, ref, args, device) -> list[tuple[str, float, np.ndarray]]:
+    """(path name, seconds, scores) of the plain path (a), the fast path (b) and, where supported, (c)."""
+    from tools.scorer import IQAScorer
+
+    plain, t_plain = timed(lambda: plain_scores(net, lq_paths, ref, args.repeats, 0, device))
+    rows = [("(a) plain: both branches, batch 1, fp32", t_plain, plain)]
+
+    def fast_run(dtype):
+        scorer = IQAScorer(build_net().to(device), ref, repeats=args.repeats, batch_size=args.images,
+                           device=device, autocast_dtype=dtype, seed=0)
+        return scorer.score(lq_paths)
+    fast, t_fast = timed(lambda: fast_run(None))
+    rows.append(("(b) fast: ref once, batched, inference_mode, channels-last", t_fast, fast))
+    low = torch.float16 if device.type == "cuda" else torch.bfloat16
+    if bf16_supported(device) or device.type == "cuda":
+        low_scores, t_low = timed(lambda: fast_run(low))
+        rows.append((f"(c) fast + {str(low).split('.')[-1]} autocast", t_low, low_scores))
+        if device.type == "cuda":
+            bf, t_bf = timed(lambda: fast_run(torch.bfloat16))
+            rows.append(("(c') fast + bfloat16 autocast", t_bf, bf))
+    else:
+        print("bf16: this CPU has no native bf16 support; (c) skipped")
+    return rows
+
+
+def print_rows(rows, args, flops: tuple[float, float, float]) -> None:
+    from scipy import stats
+
+    plain_flops, fast_flops, ref_flops = flops
+    (_, t_plain, plain), (_, t_fast, _) = rows[0], rows[1]
+    n = args.images * args.repeats
+    print(f"\n{args.images} images 512x384, reference 2040x1356, repeats {args.repeats}, patch {PATCH} x {PATCHES}")
+    print(f"{'path':<62} {'images/s':>9} {'vs (a)':>7} {'max |Δscore| vs (a)':>20} {'SRCC vs (a)':>12}")
+    for name, seconds, scores in rows:
+        diff = np.max(np.abs(scores - plain))
+        srcc = stats.spearmanr(scores, plain)[0] if len(scores) > 1 else float("nan")
+        print(f"{name:<62} {n / seconds:>9.2f} {t_plain / seconds:>6.2f}x {diff:>20.2e} {srcc:>12.4f}")
+    per_image_fast = fast_flops + ref_flops / args.images
+    print(f"\nFLOPs per image: plain {plain_flops:.1f} GFLOP (both branches); fast {fast_flops:.1f} GFLOP "
+          f"+ reference {ref_flops:.1f} GFLOP once ({per_image_fast:.1f} GFLOP/image over {args.images} images)")
+    print(f"achieved: plain {plain_flops * n / t_plain:.0f} GFLOP/s, "
+          f"fast {per_image_fast * n / t_fast:.0f} GFLOP/s")
+
+
+def print_process_timing(tmp: Path, net, ref, args, flops: tuple[float, float, float]) -> None:
+    plain_flops, fast_flops, ref_flops = flops
+    checkpoint = tmp / "student.pth"
+    torch.save(net.state_dict(), checkpoint)
+    times = process_timing(tmp, tmp / "lq", ref, checkpoint, args.runs, bf16_supported(torch.device("cpu")))
+    print(f"\nwhole process, {args.images} images, --repeats 1 (best of {args.runs}):")
+    print(f"  plain-path script, fp32                  {times['plain']:6.2f} s")
+    print(f"  test_DistillationIQA_single, fp32        {times['fast']:6.2f} s   "
+          f"speed-up {times['plain'] / times['fast']:.2f}x")
+    if "fast_bf16" in times:
+        print(f"  test_DistillationIQA_single --eval_amp bf16 {times['fast_bf16']:6.2f} s   "
+              f"speed-up {times['plain'] / times['fast_bf16']:.2f}x")
+    bound = (plain_flops * args.images) / (fast_flops * args.images + ref_flops)
+    print(f"  FLOP ratio plain / fast for {args.images} images: {bound:.2f}x "
+          "(the bound for fp32 at equal efficiency, before the shared start-up)")
+
+
+def main() -> None:
+    args = get_args_parser().parse_args()
     if args.plain_process:
         plain_process(args)
         return
-
-    from scipy import stats
-
-    from tools.scorer import IQAScorer
-
     device = torch.device(args.device)
     kind = torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else torch.cuda.get_device_name()
     print(f"device: {device} ({kind}), torch {torch.__version__}, threads {torch.get_num_threads()}")
@@ -172,54 +232,10 @@ def main() -> None:
         tmp = Path(tmp)
         lq_paths, ref = make_inputs(tmp, args.images)
         net = build_net().to(device)
-        plain_flops, fast_flops, ref_flops = count_flops(net, device)
-
-        plain, t_plain = timed(lambda: plain_scores(net, lq_paths, ref, args.repeats, 0, device))
-        rows = [("(a) plain: both branches, batch 1, fp32", t_plain, plain)]
-
-        def fast_run(dtype):
-            scorer = IQAScorer(build_net().to(device), ref, repeats=args.repeats, batch_size=args.images,
-                               device=device, autocast_dtype=dtype, seed=0)
-            return scorer.score(lq_paths)
-        fast, t_fast = timed(lambda: fast_run(None))
-        rows.append(("(b) fast: ref once, batched, inference_mode, channels-last", t_fast, fast))
-        low = torch.float16 if device.type == "cuda" else torch.bfloat16
-        if bf16_supported(device) or device.type == "cuda":
-            low_scores, t_low = timed(lambda: fast_run(low))
-            rows.append((f"(c) fast + {str(low).split('.')[-1]} autocast", t_low, low_scores))
-            if device.type == "cuda":
-                bf, t_bf = timed(lambda: fast_run(torch.bfloat16))
-                rows.append(("(c') fast + bfloat16 autocast", t_bf, bf))
-        else:
-            print("bf16: this CPU has no native bf16 support; (c) skipped")
-
-        n = args.images * args.repeats
-        print(f"\n{args.images} images 512x384, reference 2040x1356, repeats {args.repeats}, patch {PATCH} x {PATCHES}")
-        print(f"{'path':<62} {'images/s':>9} {'vs (a)':>7} {'max |Δscore| vs (a)':>20} {'SRCC vs (a)':>12}")
-        for name, seconds, scores in rows:
-            diff = np.max(np.abs(scores - plain))
-            srcc = stats.spearmanr(scores, plain)[0] if len(scores) > 1 else float("nan")
-            print(f"{name:<62} {n / seconds:>9.2f} {t_plain / seconds:>6.2f}x {diff:>20.2e} {srcc:>12.4f}")
-        per_image_fast = fast_flops + ref_flops / args.images
-        print(f"\nFLOPs per image: plain {plain_flops:.1f} GFLOP (both branches); fast {fast_flops:.1f} GFLOP "
-              f"+ reference {ref_flops:.1f} GFLOP once ({per_image_fast:.1f} GFLOP/image over {args.images} images)")
-        print(f"achieved: plain {plain_flops * n / t_plain:.0f} GFLOP/s, "
-              f"fast {per_image_fast * n / t_fast:.0f} GFLOP/s")
-
+        flops = count_flops(net, device)
+        print_rows(in_process_rows(net, lq_paths, ref, args, device), args, flops)
         if not args.no_process and device.type == "cpu":
-            checkpoint = tmp / "student.pth"
-            torch.save(net.state_dict(), checkpoint)
-            times = process_timing(tmp, tmp / "lq", ref, checkpoint, args.runs, bf16_supported(device))
-            print(f"\nwhole process, {args.images} images, --repeats 1 (best of {args.runs}):")
-            print(f"  plain-path script, fp32                  {times['plain']:6.2f} s")
-            print(f"  test_DistillationIQA_single, fp32        {times['fast']:6.2f} s   "
-                  f"speed-up {times['plain'] / times['fast']:.2f}x")
-            if "fast_bf16" in times:
-                print(f"  test_DistillationIQA_single --eval_amp bf16 {times['fast_bf16']:6.2f} s   "
-                      f"speed-up {times['plain'] / times['fast_bf16']:.2f}x")
-            bound = (plain_flops * args.images) / (fast_flops * args.images + ref_flops)
-            print(f"  FLOP ratio plain / fast for {args.images} images: {bound:.2f}x "
-                  "(the bound for fp32 at equal efficiency, before the shared start-up)")
+            print_process_timing(tmp, net, ref, args, flops)
 
 
 if __name__ == "__main__":

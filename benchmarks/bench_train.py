@@ -1,6 +1,6 @@
 """Training speed of the FR-teacher and the NAR-student on generated data at reduced sizes.
 
-Runs `tools.engine.train_one_epoch` (the loop the scripts use) on the offline demo data and prints
+Runs `tools.epoch.train_one_epoch` (the loop the scripts use) on the offline demo data and prints
 samples/s, steps/s and the share of the time spent waiting for data vs. computing.
 
     python benchmarks/bench_train.py [--patch_size 96] [--self_patch_num 4] [--batch_size 8] [--workers 0 2]
@@ -20,8 +20,9 @@ import torch  # noqa: E402
 
 from dataloaders import build_dataset, build_loader, list_reference_images  # noqa: E402
 from models.DistillationIQA import DistillationIQANet  # noqa: E402
-from tools import engine  # noqa: E402
 from tools.demo_data import build_demo_dataset  # noqa: E402
+from tools.epoch import Distillation, make_optimizer, train_one_epoch  # noqa: E402
+from tools.runtime import Run  # noqa: E402
 from tools.utils import DistInfo, resolve_precision  # noqa: E402
 
 
@@ -40,11 +41,12 @@ def run(role: str, data: Path, args, workers: int, device: torch.device) -> dict
                             patch_num=args.self_patch_num, train=True, ref_paths=refs,
                             content_ids=list(range(args.contents)))
     loader = build_loader(dataset, args.batch_size, shuffle=True, num_workers=workers, drop_last=True)
-    run_info = engine.Run(argparse.Namespace(), DistInfo(), device, resolve_precision(args.amp, device))
-    optimizer = engine.make_optimizer(model, 1e-4, 10, 5e-4)
+    run_info = Run(DistInfo(), device, resolve_precision(args.amp, device))
+    optimizer = make_optimizer(model, 1e-4, 10, 5e-4)
     scaler = run_info.precision.scaler()
-    engine.train_one_epoch(model, loader, optimizer, scaler, run_info, 0, teacher=teacher)  # warm-up epoch
-    stats = engine.train_one_epoch(model, loader, optimizer, scaler, run_info, 1, teacher=teacher)
+    kd = Distillation(teacher) if teacher is not None else None
+    train_one_epoch(model, loader, optimizer, scaler, run_info, 0, kd=kd)  # warm-up epoch
+    stats = train_one_epoch(model, loader, optimizer, scaler, run_info, 1, kd=kd)
     stats["steps_per_s"] = stats["samples_per_s"] / args.batch_size
     stats["samples"] = len(loader) * args.batch_size
     return stats

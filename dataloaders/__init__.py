@@ -1,6 +1,6 @@
 """Dataset readers, patch sampling and loaders for CVRKD-IQA."""
 
-from dataloaders.base import MODES, IQADataset, Sample
+from dataloaders.base import MODES, REFERENCE_KEY, IQADataset, Sample
 from dataloaders.datasets import BID, CSIQ, LIVE, LIVEC, PIPAL, TID2013, KADID10k, KonIQ10k
 from dataloaders.image_io import list_reference_images, load_rgb
 from dataloaders.loaders import (
@@ -23,6 +23,7 @@ __all__ = [
     "LIVEC",
     "MODES",
     "PIPAL",
+    "REFERENCE_KEY",
     "TID2013",
     "EpochSampler",
     "IQADataset",

@@ -21,7 +21,11 @@ from dataloaders.image_io import image_size, load_rgb
 from dataloaders.ref_cache import CacheEntry, ReferenceCache
 from dataloaders.sampling import fit_patch_size, fitted_size, independent_patches, paired_patches, to_uint8_tensor
 
-MODES = ("lq", "lq_hq", "lq_hq_ref")
+# Each mode and the item key of the reference the network compares the LQ patches with: the pixel-aligned HQ
+# image for the FR-teacher ('lq_hq'), a non-aligned HQ image of other content for the NAR-student ('lq_hq_ref',
+# whose items also carry the aligned 'hq' for the teacher's KD view). 'lq' yields the distorted patches only.
+REFERENCE_KEY: dict[str, str | None] = {"lq": None, "lq_hq": "hq", "lq_hq_ref": "ref"}
+MODES = tuple(REFERENCE_KEY)
 
 
 class Sample(NamedTuple):

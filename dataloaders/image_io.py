@@ -14,7 +14,8 @@ from PIL import Image
 
 from common.errors import UserError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# The image files the project reads (folders of references, folders to score), any case.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 # Modes whose samples hold more than 8 bits: scaled to 0..255, not clipped as PIL's convert() would do.
 _WIDE_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0}
@@ -81,7 +82,7 @@ def is_image_file(path: Path) -> bool:
 
 
 def list_reference_images(folder: str | os.PathLike) -> list[Path]:
-    """Sorted image files (png/jpg/jpeg/bmp/tif, any case) directly in `folder`.
+    """Sorted image files (IMAGE_EXTENSIONS, any case) directly in `folder`.
 
     Raises UserError naming the folder when it is missing or holds no image.
     """

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 import torch
 
 from common.errors import UserError
 from dataloaders import build_dataset, build_loader
+from models.distillation import feature_distillation_loss, select_distilled_features
 from models.DistillationIQA import DistillationIQANet
 from tests.dataset_fixtures import make_ref_pool, make_tid2013
-from tools import engine
+from tools import epoch as engine_epoch
+from tools.runtime import Run
 from tools.utils import DistInfo, resolve_precision
 
 
@@ -25,7 +25,7 @@ def test_schedule_is_the_originals_compounding_one():
     lr, ratio = 1e-3, 10.0
     seen = []
     for epoch in range(24):
-        lr, ratio = engine.next_schedule(lr, ratio, epoch, update_opt_epoch=10)
+        lr, ratio = engine_epoch.next_schedule(lr, ratio, epoch, update_opt_epoch=10)
         seen.append((lr, ratio))
     # epochs 0-9 unchanged; from epoch 10 the division by 10 compounds every epoch; 20+ by 100
     assert seen[9] == (1e-3, 10.0)
@@ -36,7 +36,7 @@ def test_schedule_is_the_originals_compounding_one():
 
 def test_optimizer_groups():
     net = tiny_net()
-    opt = engine.make_optimizer(net, lr=2e-5, lr_ratio=10, weight_decay=5e-4)
+    opt = engine_epoch.make_optimizer(net, lr=2e-5, lr_ratio=10, weight_decay=5e-4)
     heads, backbone = opt.param_groups
     assert heads["lr"] == pytest.approx(2e-4) and backbone["lr"] == pytest.approx(2e-5)
     assert {id(p) for p in backbone["params"]} == {id(p) for p in net.feature_extractor.parameters()}
@@ -53,13 +53,13 @@ def test_kd_loss_zero_for_equal_weights_positive_otherwise(kind):
         t_diff, _, _ = teacher(lq, hq)
     student.eval()
     s_diff, _, _ = student(lq, hq)  # same weights, same inputs
-    assert engine.feature_distillation_loss(s_diff, t_diff, kind).item() == pytest.approx(0.0, abs=1e-6)
+    assert feature_distillation_loss(s_diff, t_diff, kind).item() == pytest.approx(0.0, abs=1e-6)
     s_diff, _, _ = student(lq, ref)  # the student's own (non-aligned) reference
-    loss = engine.feature_distillation_loss(s_diff, t_diff, kind)
+    loss = feature_distillation_loss(s_diff, t_diff, kind)
     assert loss.item() > 0 and loss.requires_grad
     other = tiny_net(2).eval()
     o_diff, _, _ = other(lq, hq)
-    assert engine.feature_distillation_loss(o_diff, t_diff, kind).item() > 0
+    assert feature_distillation_loss(o_diff, t_diff, kind).item() > 0
     assert len(s_diff) == 2  # distillation_layer 2 -> the last 2 blocks of the difference encoder
 
 
@@ -91,18 +91,18 @@ def test_kd_distils_what_the_originals_zip_kept(d):
         for hook in hooks:
             hook.remove()
     assert len(teacher_steps) == 2 + 18 + 2  # rearrange, embedding, 18 blocks, LayerNorm, mean
-    teacher, student = engine.select_distilled_features(t_diff, s_diff, t_lq, s_lq)
+    teacher, student = select_distilled_features(t_diff, s_diff, t_lq, s_lq)
     expected = ZIP_RULE_TABLE[d]
     assert len(teacher) == len(student) == len(expected)
     for k, step in enumerate(expected):
         assert torch.equal(teacher[k], teacher_steps[step]) and torch.equal(student[k], student_steps[step])
-    every_t, every_s = engine.select_distilled_features(t_diff, s_diff, t_lq, s_lq, all_diff=True)
+    every_t, every_s = select_distilled_features(t_diff, s_diff, t_lq, s_lq, all_diff=True)
     assert len(every_t) == len(every_s) == min(d, 20)  # the option: every returned difference feature
 
 
 def test_kd_with_nothing_to_distil_is_refused():
     with pytest.raises(UserError, match="--distillation_layer leaves no difference feature"):
-        engine.select_distilled_features([], [], [torch.zeros(1)], [torch.zeros(1)])
+        select_distilled_features([], [], [torch.zeros(1)], [torch.zeros(1)])
 
 
 @pytest.fixture(scope="module")
@@ -118,20 +118,19 @@ def tid_loader_factory(tmp_path_factory):
     return factory
 
 
-def _run() -> engine.Run:
-    args = argparse.Namespace()
+def _run() -> Run:
     device = torch.device("cpu")
-    return engine.Run(args, DistInfo(), device, resolve_precision("off", device))
+    return Run(DistInfo(), device, resolve_precision("off", device))
 
 
 def test_evaluation_in_batches_equals_one_at_a_time(tid_loader_factory):
     net = tiny_net(4)
-    pred1, labels1 = engine.predict(net, tid_loader_factory(1), _run(), epoch=0, ref_key="ref")
-    pred5, labels5 = engine.predict(net, tid_loader_factory(5), _run(), epoch=0, ref_key="ref")
+    pred1, labels1 = engine_epoch.predict(net, tid_loader_factory(1), _run(), epoch=0, ref_key="ref")
+    pred5, labels5 = engine_epoch.predict(net, tid_loader_factory(5), _run(), epoch=0, ref_key="ref")
     np.testing.assert_allclose(pred1, pred5, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(labels1, labels5)
     assert len(pred1) == len(tid_loader_factory(1).dataset)
-    other_round, _ = engine.predict(net, tid_loader_factory(5), _run(), epoch=1, ref_key="ref")
+    other_round, _ = engine_epoch.predict(net, tid_loader_factory(5), _run(), epoch=1, ref_key="ref")
     assert not np.allclose(pred5, other_round)  # a new round draws new crops and references
 
 
@@ -143,7 +142,7 @@ def test_test_loop_never_builds_autograd_graphs(tid_loader_factory):
         seen.append((torch.is_grad_enabled(), output[2].requires_grad, torch.is_inference_mode_enabled()))
     handle = net.register_forward_hook(hook)
     try:
-        engine.predict(net.train(), tid_loader_factory(4), _run(), epoch=0, ref_key="ref")
+        engine_epoch.predict(net.train(), tid_loader_factory(4), _run(), epoch=0, ref_key="ref")
     finally:
         handle.remove()
     assert seen and all(state == (False, False, True) for state in seen)

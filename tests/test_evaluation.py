@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 
@@ -16,6 +15,9 @@ from dataloaders.sampling import to_model_input
 from option_train_DistillationIQA_FR import set_args
 from tests.dataset_fixtures import make_tid2013
 from tools import engine
+from tools.data import build_test_sets
+from tools.epoch import predict
+from tools.runtime import Run
 from tools.utils import DistInfo, resolve_precision
 
 
@@ -26,20 +28,18 @@ class MeanPixelNet(nn.Module):
         return [], [], lq.double().mean(dim=(1, 2, 3, 4)).float()
 
 
-def _run() -> engine.Run:
+def _run() -> Run:
     device = torch.device("cpu")
-    return engine.Run(argparse.Namespace(), DistInfo(), device, resolve_precision("off", device))
+    return Run(DistInfo(), device, resolve_precision("off", device))
 
 
 def test_test_patch_num_averages_the_repeats_of_each_image(tmp_path):
     entries = make_tid2013(tmp_path / "TID2013", n_refs=2)
-    args = argparse.Namespace(dataset_paths={"tid2013": str(tmp_path / "TID2013")}, patch_size=8, self_patch_num=2,
-                              seed=3, test_patch_num=3, upscale_small_images=False, test_batch_size=4,
-                              num_workers=0)
-    (test_set,) = engine.build_test_sets(args, ["tid2013"], "lq_hq")
+    (test_set,) = build_test_sets(["tid2013"], "lq_hq", dataset_paths={"tid2013": str(tmp_path / "TID2013")},
+                                  patch_size=8, patch_num=2, seed=3, repeats=3, batch_size=4)
     dataset = test_set.loader.dataset
     assert len(dataset) == 3 * len(entries)  # each image 3 times: --test_patch_num reaches the dataset
-    pred, labels = engine.predict(MeanPixelNet(), test_set.loader, _run(), epoch=5, ref_key="hq")
+    pred, labels = predict(MeanPixelNet(), test_set.loader, _run(), epoch=5, ref_key="hq")
     # by hand: the items of each image (its repeats), scored one by one, averaged per image
     per_image: dict = {}
     for index, sample in enumerate(dataset.samples):

@@ -4,7 +4,6 @@ the student's training set, and the test scripts on command lines written for th
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
@@ -22,6 +21,10 @@ from dataloaders.sampling import denormalize, to_model_input
 from models.DistillationIQA import DistillationIQANet
 from tests.dataset_fixtures import make_kadid, make_live, make_ref_pool, make_tid2013, write_image
 from tools import engine
+from tools.data import build_test_sets, data_options
+from tools.epoch import Distillation, TestSet, evaluate, make_optimizer, predict, train_one_epoch
+from tools.networks import training_set_of
+from tools.runtime import Run, setup_run
 from tools.utils import DistInfo, resolve_precision
 
 CPU = torch.device("cpu")
@@ -67,16 +70,16 @@ def live_and_mos_twin(tmp_path_factory):
     return root, dmos
 
 
-def twin_test_sets(root: Path) -> list[engine.TestSet]:
+def twin_test_sets(root: Path) -> list[TestSet]:
     out = []
     for name, folder in (("live", "LIVE"), ("tid2013", "TID2013")):
         dataset = build_dataset(name, root / folder, "lq_hq", patch_size=16, patch_num=1)
-        out.append(engine.TestSet(name, build_loader(dataset, 4, shuffle=False), dataset.higher_is_better))
+        out.append(TestSet(name, build_loader(dataset, 4, shuffle=False), dataset.higher_is_better))
     return out
 
 
-def cpu_run(amp: str = "off", eval_amp: str = "off") -> engine.Run:
-    return engine.Run(argparse.Namespace(), DistInfo(), CPU, resolve_precision(amp, CPU),
+def cpu_run(amp: str = "off", eval_amp: str = "off") -> Run:
+    return Run(DistInfo(), CPU, resolve_precision(amp, CPU),
                       resolve_precision(eval_amp, CPU))
 
 
@@ -85,7 +88,7 @@ def test_a_model_that_ranks_right_reads_positive_on_both_label_directions(live_a
     root, dmos = live_and_mos_twin
     # a perfect model predicts in its training labels' direction: DMOS if trained on LIVE, MOS on the twin
     labels = dmos if trained_on == "live" else {k: 100 - v for k, v in dmos.items()}
-    results = engine.evaluate(LookupModel(labels), twin_test_sets(root), cpu_run(), 0, "hq",
+    results = evaluate(LookupModel(labels), twin_test_sets(root), cpu_run(), 0, "hq",
                               trained_higher_is_better=trained_on == "tid2013")
     for name in ("live", "tid2013"):
         assert results[name]["srcc"] == pytest.approx(1.0) and results[name]["krcc"] == pytest.approx(1.0)
@@ -104,7 +107,7 @@ def test_best_epoch_is_the_best_for_both_label_directions(live_and_mos_twin, tra
     per_dataset: dict[str, dict] = {}
     sets = twin_test_sets(root)
     for epoch, scores in enumerate(epochs):
-        results = engine.evaluate(LookupModel(scores), sets, cpu_run(), epoch, "hq",
+        results = evaluate(LookupModel(scores), sets, cpu_run(), epoch, "hq",
                                   trained_higher_is_better=trained_on == "tid2013")
         engine.update_best(best, per_dataset, {n: {k: m[k] for k in ("srcc", "plcc", "krcc")}
                                                for n, m in results.items()}, epoch)
@@ -131,14 +134,14 @@ def test_best_uses_srcc_plcc_krcc_and_a_nan_first_epoch_does_not_freeze_it():
 
 
 # ---- precision of evaluation --------------------------------------------------------------------------
-def _autocast_seen(model: nn.Module, run: engine.Run, loader) -> set:
+def _autocast_seen(model: nn.Module, run: Run, loader) -> set:
     seen = set()
 
     def hook(module, inputs, output):
         seen.add((torch.is_autocast_enabled("cpu"), output[2].dtype))
     handle = model.register_forward_hook(hook)
     try:
-        engine.predict(model, loader, run, 0, "hq")
+        predict(model, loader, run, 0, "hq")
     finally:
         handle.remove()
     return seen
@@ -149,12 +152,11 @@ def test_evaluation_runs_in_fp32_under_training_amp(live_and_mos_twin):
     loader = twin_test_sets(root)[0].loader
     torch.manual_seed(0)
     net = DistillationIQANet(self_patch_num=1, MLP_depth=1, distillation_layer=1, pretrained=False)
-    args = argparse.Namespace(gpu_ids="cpu", seed=0, amp="bf16", eval_amp="off")
-    run = engine.setup_run(args, write_options=False)
+    run = setup_run(gpu_ids="cpu", seed=0, amp="bf16", eval_amp="off")
     assert run.precision.dtype == torch.bfloat16  # training in bf16 ...
     assert _autocast_seen(net, run, loader) == {(False, torch.float32)}  # ... evaluation in fp32
-    args.eval_amp = "bf16"
-    assert _autocast_seen(net, engine.setup_run(args, write_options=False), loader) == {(True, torch.bfloat16)}
+    assert _autocast_seen(net, setup_run(gpu_ids="cpu", seed=0, amp="bf16", eval_amp="bf16"), loader) == {
+        (True, torch.bfloat16)}
 
 
 # ---- the teacher's evaluation patches -----------------------------------------------------------------
@@ -173,21 +175,21 @@ def test_teacher_evaluation_augments_as_the_original_unless_turned_off(tmp_path)
     args = teacher_options.set_args(["--dataset_dir", str(tmp_path), "--patch_size", "8", "--self_patch_num", "6",
                                      "--num_workers", "0"])
     assert args.teacher_test_augment is True  # faithful default
-    augmented = engine.build_test_sets(args, ["kadid10k"], "lq_hq")[0].loader.dataset
+    def test_set(mode: str, augment: bool):
+        return build_test_sets(["kadid10k"], mode, **data_options(args), batch_size=4, augment_teacher=augment,
+                               ref_folder=tmp_path / "refs")[0].loader.dataset
+
+    augmented = test_set("lq_hq", args.teacher_test_augment)
     seen = _orientations(augmented, 0)
     assert {(1, 1), (-1, 1), (1, -1), (-1, -1)} <= set(seen)  # flips and 180-degree rotations at test time
     assert seen == _orientations(augmented, 0)  # seeded: the same patches again
     item = augmented[(0, 0)]
     np.testing.assert_array_equal(item["lq"][:, :2], item["hq"][:, :2])
-    args.teacher_test_augment = False
-    plain = engine.build_test_sets(args, ["kadid10k"], "lq_hq")[0].loader.dataset
+    plain = test_set("lq_hq", False)
     assert set(_orientations(plain, 0)) == {(1, 1)}
     # the student is evaluated on plain crops whatever the option says
-    args.teacher_test_augment = True
-    args.ref_test_dataset_path = str(tmp_path / "refs")
     make_ref_pool(tmp_path / "refs", n=2)
-    student = engine.build_test_sets(args, ["kadid10k"], "lq_hq_ref", ref_folder=args.ref_test_dataset_path)
-    assert set(_orientations(student[0].loader.dataset, 0)) == {(1, 1)}
+    assert set(_orientations(test_set("lq_hq_ref", True), 0)) == {(1, 1)}
 
 
 # ---- KD features in the training loop -----------------------------------------------------------------
@@ -211,9 +213,9 @@ def test_the_student_loop_distils_the_zip_rules_features(tmp_path, all_diff):
     n = 4 if all_diff else 3
     assert len(t_diff) == 4
     expected = sum(torch.nn.functional.mse_loss(s, t).item() for s, t in zip(s_diff[:n], t_diff[:n]))
-    optimizer = engine.make_optimizer(student, 1e-4, 1, 0)
-    stats = engine.train_one_epoch(student, loader, optimizer, cpu_run().precision.scaler(), cpu_run(), 0,
-                                   teacher=teacher, distill_all_diff=all_diff)
+    optimizer = make_optimizer(student, 1e-4, 1, 0)
+    stats = train_one_epoch(student, loader, optimizer, cpu_run().precision.scaler(), cpu_run(), 0,
+                            kd=Distillation(teacher, all_diff=all_diff))
     assert stats["feature_loss"] == pytest.approx(expected, rel=1e-4)
 
 
@@ -239,9 +241,9 @@ def test_student_refuses_an_authentic_training_set_at_start(tmp_path, dataset):
 def test_training_set_of_a_checkpoint(tmp_path):
     torch.save({"model": {}, "args": {"train_dataset": "live"}}, tmp_path / "ours.pth")
     torch.save({"w": torch.zeros(1)}, tmp_path / "released.pth")
-    assert engine.training_set_of(tmp_path / "ours.pth", "kadid10k")[0] == "live"
-    assert engine.training_set_of(tmp_path / "released.pth", "kadid10k")[0] == "kadid10k"
-    assert engine.training_set_of(tmp_path / "released.pth", "csiq")[0] == "csiq"
+    assert training_set_of(tmp_path / "ours.pth", "kadid10k")[0] == "live"
+    assert training_set_of(tmp_path / "released.pth", "kadid10k")[0] == "kadid10k"
+    assert training_set_of(tmp_path / "released.pth", "csiq")[0] == "csiq"
 
 
 # ---- the test scripts on the original's command lines -------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 import types
 
@@ -10,7 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from tools import engine
+from models.distillation import feature_distillation_loss
+from tools.epoch import Distillation, train_one_epoch
+from tools.runtime import Run
 from tools.utils import DistInfo, resolve_precision
 
 # Two features of different sizes: per-feature means are summed (a mean over all elements pooled would differ).
@@ -65,7 +66,7 @@ def test_hand_kldiv_is_what_the_formula_says():
 def test_feature_loss_hand_values(kind, expected):
     student = [torch.tensor(f, requires_grad=True) for f in STUDENT]
     teacher = [torch.tensor(f, requires_grad=True) for f in TEACHER]
-    loss = engine.feature_distillation_loss(student, teacher, kind)
+    loss = feature_distillation_loss(student, teacher, kind)
     assert loss.item() == pytest.approx(expected(), rel=1e-6)
     loss.backward()
     assert all(s.grad is not None for s in student)
@@ -80,7 +81,7 @@ def test_kldiv_direction_and_axis_matter():
     assert abs(reversed_direction - hand_kldiv()) > 1e-3
     student = [torch.tensor(f) for f in STUDENT]
     teacher = [torch.tensor(f) for f in TEACHER]
-    swapped = engine.feature_distillation_loss(teacher, student, "kldiv").item()
+    swapped = feature_distillation_loss(teacher, student, "kldiv").item()
     assert swapped == pytest.approx(reversed_direction, rel=1e-6)
 
 
@@ -147,11 +148,11 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> float:
 def _student_step(student: RecordingNet, teacher: RecordingNet, ratio: float) -> tuple[dict, dict]:
     batch = _batch()
     device = torch.device("cpu")
-    run = engine.Run(argparse.Namespace(), DistInfo(), device, resolve_precision("off", device))
+    run = Run(DistInfo(), device, resolve_precision("off", device))
     optimizer = torch.optim.SGD(student.parameters(), lr=0.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    stats = engine.train_one_epoch(student, OneBatch(batch), optimizer, scaler, run, epoch=0, teacher=teacher,
-                                   distillation_loss="mse", feature_loss_ratio=ratio)
+    stats = train_one_epoch(student, OneBatch(batch), optimizer, scaler, run, epoch=0,
+                            kd=Distillation(teacher, loss="mse", ratio=ratio))
     return stats, batch
 
 

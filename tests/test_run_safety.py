@@ -34,6 +34,7 @@ from models.DistillationIQA import DistillationIQANet, load_backbone_weights
 from tests.dataset_fixtures import make_kadid, make_ref_pool, make_tid2013, write_image
 from tools import engine, run_folder
 from tools.checkpoint import ensure_writable_folder, load_model_checkpoint, serializable_options
+from tools.networks import load_frozen_teacher
 from tools.scorer import IQAScorer
 
 NET = ["--patch_size", "32", "--self_patch_num", "2", "--distillation_layer", "4", "--pretrained", "false",
@@ -167,7 +168,7 @@ def test_second_run_is_refused_and_overwrite_starts_afresh(trained, data, tmp_pa
 
     args = teacher_options.set_args([*SMALL, "--dataset_dir", str(data), "--checkpoint_dir", str(folder),
                                      "--overwrite"])
-    run = engine.setup_run(args)  # what the training script does first
+    run = engine.setup_training_run(args)  # what the training script does first
     try:
         assert (folder / run_folder.LOCK_NAME).exists()
         assert list((folder / "models").iterdir()) == []
@@ -220,7 +221,8 @@ def test_checkpoints_record_their_role_and_the_wrong_role_is_refused(trained, tm
         args = student_options.set_args([*SMALL, "--teacherNet_model_path", str(path),
                                          "--checkpoint_dir", str(tmp_path / "s")])
         with pytest.raises(UserError) as err:
-            engine.load_frozen_teacher(args, torch.device("cpu"))
+            load_frozen_teacher(args.teacherNet_model_path, torch.device("cpu"), self_patch_num=args.self_patch_num,
+                                distillation_layer=args.distillation_layer)
         assert one_line(err) == (f"--teacherNet_model_path {path} is a NAR-student checkpoint; "
                                  "an FR-teacher checkpoint is needed here")
     authors = tmp_path / "authors.pth"  # a plain state dict carries no role: accepted
@@ -360,14 +362,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(trained, data,
 
 
 def test_nan_checkpoint_is_refused_by_scoring(tmp_path):
-    net = DistillationIQANet(self_patch_num=2, distillation_layer=2, pretrained=False)  # the scorer's depth
+    net = DistillationIQANet(self_patch_num=2, pretrained=False)
     state = net.state_dict()
     state["regressor.l2.weight"] = torch.full_like(state["regressor.l2.weight"], float("nan"))
     path = tmp_path / "nan.pth"
     torch.save(state, path)
     refs = make_ref_pool(tmp_path / "refs", n=1)
     with pytest.raises(UserError, match=r"nan\.pth holds NaN or infinite weights .*regressor\.l2\.weight"):
-        IQAScorer(path, refs, self_patch_num=2, patch_size=32, distillation_layer=2)
+        IQAScorer(path, refs, self_patch_num=2, patch_size=32)
 
 
 # ---- 6. one line, not a traceback ---------------------------------------------------------------------

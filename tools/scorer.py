@@ -22,12 +22,12 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from common.errors import UserError
 from dataloaders import list_reference_images, load_rgb
+from dataloaders.image_io import IMAGE_EXTENSIONS, is_image_file
 from dataloaders.sampling import fit_patch_size, independent_patches, to_model_input, to_uint8_tensor
 from models.DistillationIQA import DistillationIQANet
 from tools.checkpoint import load_model_checkpoint
 
 ImageInput = str | os.PathLike | Image.Image | torch.Tensor
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def expand_image_paths(items: Sequence[str | os.PathLike], what: str) -> list[Path]:
@@ -36,9 +36,9 @@ def expand_image_paths(items: Sequence[str | os.PathLike], what: str) -> list[Pa
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir() if is_image_file(p))
             if not found:
-                raise UserError(f"{what}: folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                raise UserError(f"{what}: folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             paths += found
         elif path.is_file():
             paths.append(path)
@@ -85,7 +85,7 @@ class IQAScorer:
     def __init__(self, checkpoint: str | os.PathLike | DistillationIQANet,
                  references: ImageInput | Sequence[ImageInput], *, self_patch_num: int = 10,
                  patch_size: int = 224, repeats: int = 10, seed: int = 0, batch_size: int = 8,
-                 device: str | torch.device = "cpu", distillation_layer: int = 18, upscale: bool = False,
+                 device: str | torch.device = "cpu", upscale: bool = False,
                  autocast_dtype: torch.dtype | None = None, channels_last: bool = True) -> None:
         if repeats < 1 or batch_size < 1:
             raise UserError(f"repeats and batch_size must be at least 1 (got {repeats}, {batch_size})")
@@ -98,8 +98,7 @@ class IQAScorer:
             if not Path(checkpoint).is_file():
                 raise UserError(f"student checkpoint not found: {checkpoint}")
             loaded = load_model_checkpoint(checkpoint, "student checkpoint", "student")
-            net = DistillationIQANet.from_checkpoint(loaded, name=str(checkpoint), self_patch_num=self_patch_num,
-                                                     distillation_layer=distillation_layer)
+            net = DistillationIQANet.from_checkpoint(loaded, name=str(checkpoint), self_patch_num=self_patch_num)
         net.eval()
         fold_batchnorm(net.feature_extractor)
         self.net = net.to(self.device)

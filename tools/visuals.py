@@ -81,10 +81,10 @@ def examples_figure(rows: Sequence[tuple[str, Sequence[tuple[str | os.PathLike |
 def difference_codes(model, test_set, run, epoch: int = 0, ref_key: str = "ref") -> tuple[np.ndarray, np.ndarray]:
     """The model's HQ-LQ difference code per image of `test_set` (mean over its repeats) and the labels.
 
-    The codes are read from the difference encoder while `tools.engine.predict` runs, so the crops and
+    The codes are read from the difference encoder while `tools.epoch.predict` runs, so the crops and
     references are those of evaluation round `epoch`.
     """
-    from tools.engine import predict
+    from tools.epoch import predict
 
     captured: list[torch.Tensor] = []
     hook = model.MLP_encoder_diff.register_forward_hook(lambda _m, _i, out: captured.append(out[1].float().cpu()))

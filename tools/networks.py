@@ -1,0 +1,71 @@
+"""Building the network for a script: fresh, from a checkpoint of the right role, or as the frozen FR-teacher;
+and what a checkpoint says about its training set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from common.errors import UserError
+from common.files import safe_torch_load
+from dataloaders import DATASET_NAMES, dataset_class
+from models.DistillationIQA import DistillationIQANet
+from tools import checkpoint as ckpt
+
+
+def build_network(device: torch.device, *, self_patch_num: int, distillation_layer: int,
+                  pretrained: bool | str | os.PathLike = False, backbone_bn_eval: bool = False,
+                  weights: str | os.PathLike | None = None, role: str | None = None,
+                  option: str = "checkpoint") -> DistillationIQANet:
+    """A `DistillationIQANet` of these sizes on `device`; from `weights` (a checkpoint) when given.
+
+    With a checkpoint the backbone is not fetched separately (`pretrained` is ignored: the checkpoint holds it).
+    With `role` ('teacher' or 'student'), a checkpoint of this project recorded as the other role is refused,
+    naming `option`.
+    """
+    sizes = {"self_patch_num": self_patch_num, "distillation_layer": distillation_layer,
+             "backbone_bn_eval": backbone_bn_eval}
+    if weights:
+        loaded = ckpt.load_model_checkpoint(weights, option, role) if role else weights
+        model = DistillationIQANet.from_checkpoint(loaded, name=f"{option} {weights}", **sizes)
+    else:
+        model = DistillationIQANet(pretrained=pretrained, **sizes)
+    return model.to(device)
+
+
+def load_frozen_teacher(path: str | os.PathLike | None, device: torch.device, *, self_patch_num: int,
+                        distillation_layer: int) -> DistillationIQANet:
+    """The FR-teacher from `path` (--teacherNet_model_path): eval mode, no gradients."""
+    if not path:
+        raise UserError("--teacherNet_model_path is required to train the student (the FR-teacher's weights)")
+    if not Path(path).is_file():
+        raise UserError(f"--teacherNet_model_path: teacher checkpoint not found: {path} "
+                        "(train one with train_DistillationIQA_FR.py or put the released file there)")
+    teacher = build_network(device, self_patch_num=self_patch_num, distillation_layer=distillation_layer,
+                            weights=path, role="teacher", option="--teacherNet_model_path")
+    teacher.eval()
+    for param in teacher.parameters():
+        param.requires_grad = False
+    return teacher
+
+
+def training_set_of(path: str | os.PathLike, default: str) -> tuple[str, str]:
+    """(training set, where that was read) of a checkpoint: its stored options (this project's files), else
+    `default` (--train_dataset; the authors' released files were trained on kadid10k)."""
+    checkpoint = safe_torch_load(path)
+    stored = checkpoint.get("args") if isinstance(checkpoint, dict) else None
+    if isinstance(stored, dict) and stored.get("train_dataset") in DATASET_NAMES:
+        return stored["train_dataset"], "the checkpoint's options"
+    return default, "--train_dataset (the checkpoint stores no options)"
+
+
+def check_student_training_set(train_dataset: str) -> None:
+    """The student's KD needs the teacher's view of each training image with its pixel-aligned reference:
+    an authentic training set (no aligned references) is refused at start."""
+    if not dataset_class(train_dataset).has_aligned_reference:
+        usable = ", ".join(n for n in DATASET_NAMES if dataset_class(n).has_aligned_reference)
+        raise UserError(f"--train_dataset {train_dataset}: the NAR-student cannot be trained on an authentic "
+                        "dataset: the teacher's knowledge distillation needs pixel-aligned HQ references, which it "
+                        f"lacks (train on one of {usable}; {train_dataset} can serve as a test set)")

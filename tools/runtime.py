@@ -1,0 +1,53 @@
+"""Where a script runs: the distributed set-up, the device, the precisions, the logger, the seeds and the
+reference-image cache, gathered once in a `Run`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from common.log import get_logger, setup_logger
+from dataloaders.ref_cache import ReferenceCache, build_reference_cache
+from tools.run_folder import RunLock
+from tools.utils import DistInfo, Precision, init_distributed, resolve_precision, seed_everything
+
+
+@dataclass
+class Run:
+    """What the loops need to know about where they run."""
+
+    dist: DistInfo
+    device: torch.device
+    precision: Precision  # training
+    eval_precision: Precision | None = None  # evaluation; None = fp32
+    lock: RunLock | None = None
+    ref_cache: ReferenceCache | None = None
+
+    def evaluation_precision(self) -> Precision:
+        """The precision of evaluation: fp32 unless mixed precision was asked for it (--eval_amp)."""
+        return self.eval_precision or Precision(self.device.type, None)
+
+    def close(self) -> None:
+        """Release the checkpoint folder's lock (training runs)."""
+        if self.lock is not None:
+            self.lock.release()
+
+
+def setup_run(*, gpu_ids: str | None, seed: int, amp: str = "off", eval_amp: str = "off",
+              log_file: str | None = None, ref_cache_gb: float | None = 0, num_workers: int = 0,
+              prepare: Callable[[DistInfo], RunLock | None] | None = None) -> Run:
+    """Distributed set-up and device (from `gpu_ids`), then `prepare` (e.g. lock the checkpoint folder and write
+    the options file), the logger (`log_file` on rank 0), the seeds, the precisions and the reference cache
+    (`ref_cache_gb`: None = automatic size, 0 = off)."""
+    info, device = init_distributed(gpu_ids)
+    lock = prepare(info) if prepare is not None else None
+    setup_logger(log_file, info.is_main)
+    seed_everything(seed)
+    precision, eval_precision = resolve_precision(amp, device), resolve_precision(eval_amp, device)
+    get_logger().info(f"device {device}, precision {precision.dtype or 'fp32'} "
+                      f"(evaluation {eval_precision.dtype or 'fp32'}), world size {info.world_size}, seed {seed}")
+    ref_cache = build_reference_cache(ref_cache_gb, num_workers)
+    get_logger().info(ref_cache.describe() if ref_cache is not None else "reference cache: off")
+    return Run(info, device, precision, eval_precision, lock, ref_cache)
