@@ -11,8 +11,8 @@ import torch
 from common.errors import UserError
 from dataloaders import build_dataset, build_loader
 from models.DistillationIQA import DistillationIQANet
-from tests.dataset_fixtures import make_ref_pool, make_tid2013
 from tools import engine
+from tools.dataset_fixtures import make_ref_pool, make_tid2013
 from tools.utils import DistInfo, resolve_precision
 
 

@@ -20,8 +20,8 @@ from common.errors import UserError
 from dataloaders import build_dataset, build_loader, set_loader_epoch
 from dataloaders.sampling import denormalize, to_model_input
 from models.DistillationIQA import DistillationIQANet
-from tests.dataset_fixtures import make_kadid, make_live, make_ref_pool, make_tid2013, write_image
 from tools import engine
+from tools.dataset_fixtures import make_kadid, make_live, make_ref_pool, make_tid2013, write_image
 from tools.utils import DistInfo, resolve_precision
 
 CPU = torch.device("cpu")

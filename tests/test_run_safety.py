@@ -31,9 +31,9 @@ from dataloaders.__main__ import main as dataloaders_main
 from dataloaders.check import check_dataset
 from dataloaders.sampling import fit_patch_size
 from models.DistillationIQA import DistillationIQANet, load_backbone_weights
-from tests.dataset_fixtures import make_kadid, make_ref_pool, make_tid2013, write_image
 from tools import engine, run_folder
 from tools.checkpoint import ensure_writable_folder, load_model_checkpoint, serializable_options
+from tools.dataset_fixtures import make_kadid, make_ref_pool, make_tid2013, write_image
 from tools.scorer import IQAScorer
 
 NET = ["--patch_size", "32", "--self_patch_num", "2", "--distillation_layer", "4", "--pretrained", "false",
