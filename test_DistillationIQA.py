@@ -16,7 +16,7 @@ from common.errors import UserError, run_cli
 from common.files import ensure_writable_folder, write_csv, write_json
 from common.log import get_logger
 from dataloaders import dataset_class
-from option_train_DistillationIQA import set_args
+from option_train_DistillationIQA import set_test_args
 from tools import engine
 from tools.utils import note_training_amp_in_testing
 
@@ -145,4 +145,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(lambda: main(set_args(script="test")))
+    run_cli(lambda: main(set_test_args()))
