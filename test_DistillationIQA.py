@@ -16,7 +16,7 @@ from common.errors import UserError, run_cli
 from common.files import ensure_writable_folder, write_csv, write_json
 from common.log import get_logger
 from dataloaders import REFERENCE_KEY, dataset_class
-from option_train_DistillationIQA import set_args
+from option_train_DistillationIQA import set_test_args
 from tools.data import build_test_sets, data_options
 from tools.epoch import evaluate, images_per_s
 from tools.networks import build_network, training_set_of
@@ -165,4 +165,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(lambda: main(set_args(script="test")))
+    run_cli(lambda: main(set_test_args()))

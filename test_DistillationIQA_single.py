@@ -13,7 +13,7 @@ from pathlib import Path
 
 from common.errors import UserError, run_cli
 from dataloaders import DEFAULT_DIRS
-from option_train_DistillationIQA import set_args
+from option_train_DistillationIQA import set_single_args
 from tools.checkpoint import check_scores_path, write_scores
 from tools.scorer import IQAScorer, expand_image_paths
 from tools.utils import note_training_amp_in_testing, resolve_precision, seed_everything, select_device
@@ -71,4 +71,4 @@ def main(args: argparse.Namespace) -> list[dict]:
 
 
 if __name__ == "__main__":
-    run_cli(lambda: main(set_args(script="single")))
+    run_cli(lambda: main(set_single_args()))

@@ -39,4 +39,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(lambda: main(set_args(script="train")))
+    run_cli(lambda: main(set_args()))

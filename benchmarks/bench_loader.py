@@ -43,7 +43,7 @@ from dataloaders.sampling import (  # noqa: E402
     to_model_input,
     to_uint8_tensor,
 )
-from tests.dataset_fixtures import make_kadid  # noqa: E402
+from tools.dataset_fixtures import make_kadid  # noqa: E402
 
 IMAGE_KEYS = ("lq", "hq", "ref")
 

@@ -31,7 +31,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = parse_args(argv)
-    return run_check(args)
+    return run_check(args.dataset, args.root, args.ref_root, patch_size=args.patch_size, upscale=args.upscale,
+                     quick=args.quick, as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -139,11 +139,13 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def run_check(args: Any) -> int:
-    """Run the check command for parsed arguments; returns the exit status (0 usable, 1 not)."""
-    report = check_dataset(args.dataset, args.root, args.ref_root, patch_size=args.patch_size,
-                           upscale=args.upscale, decode=not args.quick, progress=sys.stderr.isatty())
-    if args.json:
+def run_check(name: str, root: str | os.PathLike, ref_root: str | os.PathLike | None = None, *,
+              patch_size: int = 224, upscale: bool = False, quick: bool = False, as_json: bool = False) -> int:
+    """Check dataset `name` under `root` (and the reference pool `ref_root`), print the report (as JSON with
+    `as_json`; headers only with `quick`) and return the exit status: 0 usable, 1 not."""
+    report = check_dataset(name, root, ref_root, patch_size=patch_size, upscale=upscale, decode=not quick,
+                           progress=sys.stderr.isatty())
+    if as_json:
         print(json.dumps(report, indent=2))
     else:
         print(format_report(report))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dataloaders.__main__ import main
-from tests.dataset_fixtures import MAKERS, make_kadid, make_koniq, make_ref_pool, make_tid2013, write_image
+from tools.dataset_fixtures import MAKERS, make_kadid, make_koniq, make_ref_pool, make_tid2013, write_image
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = {"dataset", "references", "images", "label_min", "label_max", "missing", "unreadable", "usable",

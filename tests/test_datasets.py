@@ -13,7 +13,7 @@ from scipy.io import savemat
 import dataloaders as dl
 from common.errors import UserError
 from dataloaders.xlsx import column_index, read_xlsx_rows
-from tests.dataset_fixtures import (
+from tools.dataset_fixtures import (
     MAKERS,
     make_bid,
     make_csiq,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.dataset_fixtures import make_kadid, make_koniq, make_ref_pool, make_tid2013, write_image
+from tools.dataset_fixtures import make_kadid, make_koniq, make_ref_pool, make_tid2013, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--patch_size", "32", "--self_patch_num", "2", "--distillation_layer", "4", "--pretrained", "false",

@@ -10,8 +10,8 @@ from common.errors import UserError
 from dataloaders import build_dataset, build_loader
 from models.distillation import feature_distillation_loss, select_distilled_features
 from models.DistillationIQA import DistillationIQANet
-from tests.dataset_fixtures import make_ref_pool, make_tid2013
 from tools import epoch as engine_epoch
+from tools.dataset_fixtures import make_ref_pool, make_tid2013
 from tools.runtime import Run
 from tools.utils import DistInfo, resolve_precision
 

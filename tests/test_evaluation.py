@@ -13,9 +13,9 @@ from torch import nn
 import train_DistillationIQA_FR
 from dataloaders.sampling import to_model_input
 from option_train_DistillationIQA_FR import set_args
-from tests.dataset_fixtures import make_tid2013
 from tools import engine
 from tools.data import build_test_sets
+from tools.dataset_fixtures import make_tid2013
 from tools.epoch import predict
 from tools.runtime import Run
 from tools.utils import DistInfo, resolve_precision

@@ -19,9 +19,9 @@ from common.errors import UserError
 from dataloaders import build_dataset, build_loader, set_loader_epoch
 from dataloaders.sampling import denormalize, to_model_input
 from models.DistillationIQA import DistillationIQANet
-from tests.dataset_fixtures import make_kadid, make_live, make_ref_pool, make_tid2013, write_image
 from tools import engine
 from tools.data import build_test_sets, data_options
+from tools.dataset_fixtures import make_kadid, make_live, make_ref_pool, make_tid2013, write_image
 from tools.epoch import Distillation, TestSet, evaluate, make_optimizer, predict, train_one_epoch
 from tools.networks import training_set_of
 from tools.runtime import Run, setup_run
@@ -257,16 +257,18 @@ ORIGINAL_STYLE = ["--train_dataset", "kadid10k", "--test_dataset", "live", "--tr
 @pytest.mark.parametrize("script", ["test", "single"])
 def test_test_scripts_parse_every_original_option(script):
     extra = ["--lq", "x.png"] if script == "single" else []
-    args = student_options.set_args([*ORIGINAL_STYLE, *extra], script=script)
+    parse, parser = {"test": (student_options.set_test_args, student_options.get_test_args_parser),
+                     "single": (student_options.set_single_args, student_options.get_single_args_parser)}[script]
+    args = parse([*ORIGINAL_STYLE, *extra])
     assert args.batch_size == 32 and args.lr == 2e-5 and args.distillation_loss == "l1"
-    defaults = student_options.set_args(extra, script=script)
+    defaults = parse(extra)
     train = student_options.set_args([])
     for option in ("train_dataset", "train_patch_num", "test_patch_num", "lr", "weight_decay", "batch_size",
                    "epochs", "train_test_num", "update_opt_epoch", "use_refHQ", "distillation_loss", "net_print",
                    "use_fitting_prcc_srcc", "print_netC", "distillation_layer", "self_patch_num", "patch_size",
                    "gpu_ids", "checkpoint_dir"):
         assert getattr(defaults, option) == getattr(train, option), option  # one parser's defaults, as the original
-    assert "no effect in testing" in student_options.get_args_parser(script).format_help()
+    assert "no effect in testing" in parser().format_help()
 
 
 @pytest.fixture(scope="module")
@@ -287,13 +289,12 @@ def test_test_script_runs_an_original_command_line_in_fp32(scripted, monkeypatch
     monkeypatch.chdir(scripted)
     common = [*ORIGINAL_STYLE, "--self_patch_num", "2", "--patch_size", "32", "--pretrained", "false",
               "--num_workers", "0", "--studentNet_model_path", "student.pth", "--test_rounds", "1"]
-    plain = test_DistillationIQA.main(student_options.set_args([*common, "--checkpoint_dir", "a"], script="test"))
+    plain = test_DistillationIQA.main(student_options.set_test_args([*common, "--checkpoint_dir", "a"]))
     assert list(plain["student"]) == ["live"]  # --test_dataset live: the original's option picks the test set
-    amp = test_DistillationIQA.main(student_options.set_args([*common, "--checkpoint_dir", "b", "--amp", "bf16"],
-                                                              script="test"))
+    amp = test_DistillationIQA.main(student_options.set_test_args([*common, "--checkpoint_dir", "b", "--amp", "bf16"]))
     assert amp == plain  # --amp is the precision of training: the evaluation stays in fp32
-    mixed = test_DistillationIQA.main(student_options.set_args(
-        [*common, "--checkpoint_dir", "c", "--eval_amp", "bf16"], script="test"))
+    mixed = test_DistillationIQA.main(student_options.set_test_args(
+        [*common, "--checkpoint_dir", "c", "--eval_amp", "bf16"]))
     assert mixed != plain  # and mixed precision when asked
 
 
@@ -306,7 +307,7 @@ def test_single_script_runs_an_original_command_line_in_fp32(scripted, monkeypat
               "student.pth", "--repeats", "2", "--lq", *lq]
 
     def scores(*extra: str) -> list[float]:
-        args = student_options.set_args([*common, *extra], script="single")
+        args = student_options.set_single_args([*common, *extra])
         return [row["score"] for row in test_DistillationIQA_single.main(args)]
     plain = scores()
     assert scores("--amp", "bf16") == plain  # fp32 unless --eval_amp asks

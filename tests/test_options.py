@@ -50,7 +50,7 @@ def test_student_and_test_defaults_are_the_originals():
     assert args.studentNet_model_path is None
     assert args.distillation_loss == "mse"  # what the original computed (its option said l1)
     assert args.test_datasets == ["live", "csiq", "tid2013", "koniq-10k"]
-    test = student_options.set_args([], script="test")
+    test = student_options.set_test_args([])
     assert test.studentNet_model_path == "./model_zoo/NAR_student_cross_dataset.pth"
     assert test.test_rounds == 10
 

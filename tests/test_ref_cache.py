@@ -17,7 +17,7 @@ from dataloaders import ref_cache as rc
 from dataloaders.sampling import IMAGENET_MEAN, IMAGENET_STD, normalize_patches, to_model_input
 from models.DistillationIQA import DistillationIQANet
 from option_train_DistillationIQA import set_args
-from tests.dataset_fixtures import make_kadid, make_ref_pool, make_tid2013
+from tools.dataset_fixtures import make_kadid, make_ref_pool, make_tid2013
 
 S = 16
 GB = 2**30

@@ -31,9 +31,9 @@ from dataloaders.__main__ import main as dataloaders_main
 from dataloaders.check import check_dataset
 from dataloaders.sampling import fit_patch_size
 from models.DistillationIQA import DistillationIQANet, load_backbone_weights
-from tests.dataset_fixtures import make_kadid, make_ref_pool, make_tid2013, write_image
 from tools import engine, run_folder
 from tools.checkpoint import ensure_writable_folder, load_model_checkpoint, serializable_options
+from tools.dataset_fixtures import make_kadid, make_ref_pool, make_tid2013, write_image
 from tools.networks import load_frozen_teacher
 from tools.scorer import IQAScorer
 
@@ -229,8 +229,8 @@ def test_checkpoints_record_their_role_and_the_wrong_role_is_refused(trained, tm
     torch.save({"w": torch.zeros(1)}, authors)
     assert set(load_model_checkpoint(authors, "--teacherNet_model_path", "teacher")) == {"w"}
     # a teacher given as the student to test
-    args = student_options.set_args([*NET, "--studentNet_model_path", str(trained / "models" / "last.pth"),
-                                     "--checkpoint_dir", str(tmp_path / "t"), "--test_rounds", "1"], script="test")
+    args = student_options.set_test_args([*NET, "--studentNet_model_path", str(trained / "models" / "last.pth"),
+                                          "--checkpoint_dir", str(tmp_path / "t"), "--test_rounds", "1"])
     with pytest.raises(UserError, match=r"is an FR-teacher checkpoint; a NAR-student checkpoint is needed"):
         test_DistillationIQA.main(args)
 
@@ -257,7 +257,7 @@ def test_resume_refuses_changes_of_the_experiment(trained, data, tmp_path):
 
 def test_every_training_option_is_classified_for_resume():
     names = set()
-    for parser in (teacher_options.get_args_parser(), student_options.get_args_parser("train")):
+    for parser in (teacher_options.get_args_parser(), student_options.get_args_parser()):
         names |= {action.dest for action in parser._actions if action.dest != "help"}
     names |= {"dataset_paths", "model_checkpoint_dir", "result_checkpoint_dir", "log_checkpoint_dir"}
     experiment, may_change = set(run_folder.EXPERIMENT_OPTIONS), set(run_folder.MAY_CHANGE_OPTIONS)
@@ -443,20 +443,20 @@ def test_decompression_bomb_under_check_quick(tmp_path, capsys):
 
 def test_script_option_errors_come_before_any_work(tmp_path, trained):
     with pytest.raises(UserError, match="--seed must be 0 or more, got -1"):
-        student_options.set_args(["--lq", "a.png", "--seed", "-1"], script="single")
+        student_options.set_single_args(["--lq", "a.png", "--seed", "-1"])
     with pytest.raises(UserError, match="--test_rounds must be at least 1, got 0"):
-        student_options.set_args(["--test_rounds", "0"], script="test")
+        student_options.set_test_args(["--test_rounds", "0"])
     missing_checkpoint = ["--studentNet_model_path", str(tmp_path / "none.pth"), "--lq", "a.png"]
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     for output, message in (("scores.txt", "scores.txt: expected a file name ending in .csv or .json"),
                             (str(a_file / "scores.csv"), f"{a_file / 'scores.csv'}: the folder {a_file} is a file")):
-        args = student_options.set_args([*missing_checkpoint, "--output", output], script="single")
+        args = student_options.set_single_args([*missing_checkpoint, "--output", output])
         with pytest.raises(UserError) as err:  # not about the missing checkpoint: checked before it
             test_DistillationIQA_single.main(args)
         assert one_line(err).startswith(f"--output {message}")
-    args = student_options.set_args([*NET, "--studentNet_model_path", str(a_file), "--plot", str(a_file),
-                                     "--checkpoint_dir", str(tmp_path / "t")], script="test")
+    args = student_options.set_test_args([*NET, "--studentNet_model_path", str(a_file), "--plot", str(a_file),
+                                          "--checkpoint_dir", str(tmp_path / "t")])
     with pytest.raises(UserError, match=rf"--plot {a_file} is a file, expected a folder"):
         test_DistillationIQA.main(args)
     with pytest.raises(UserError, match="is not writable"):
@@ -475,10 +475,10 @@ def test_single_script_scores_the_readable_images_and_lists_the_others(tmp_path,
     (folder / "b.png").write_bytes(b"\x89PNG broken")
     refs = make_ref_pool(tmp_path / "refs", n=1)
     out = tmp_path / "scores.csv"
-    args = student_options.set_args(["--patch_size", "32", "--self_patch_num", "2", "--distillation_layer", "4",
-                                     "--gpu_ids", "cpu", "--repeats", "1", "--studentNet_model_path",
-                                     str(checkpoint), "--lq", str(folder), "--ref", str(refs[0]), "--output",
-                                     str(out)], script="single")
+    args = student_options.set_single_args(["--patch_size", "32", "--self_patch_num", "2", "--distillation_layer", "4",
+                                            "--gpu_ids", "cpu", "--repeats", "1", "--studentNet_model_path",
+                                            str(checkpoint), "--lq", str(folder), "--ref", str(refs[0]), "--output",
+                                            str(out)])
     with pytest.raises(UserError, match=r"^1 of 3 image\(s\) could not be scored \(listed above\)$"):
         test_DistillationIQA_single.main(args)
     printed = capsys.readouterr()

@@ -14,7 +14,7 @@ from PIL import Image
 import dataloaders as dl
 from common.errors import UserError
 from dataloaders.sampling import to_normalized_tensor
-from tests.dataset_fixtures import make_kadid, make_koniq, make_ref_pool, pattern, write_image
+from tools.dataset_fixtures import make_kadid, make_koniq, make_ref_pool, pattern, write_image
 
 S = 16  # patch size used below; fixture images are 64x48
 

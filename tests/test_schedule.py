@@ -9,8 +9,8 @@ import pytest
 
 import train_DistillationIQA_FR
 from option_train_DistillationIQA_FR import set_args
-from tests.dataset_fixtures import make_kadid
 from tools import engine
+from tools.dataset_fixtures import make_kadid
 
 
 def expected_lrs(lr: float, lr_ratio: float, update_opt_epoch: int, epochs: int) -> list[tuple[float, float]]:

@@ -10,7 +10,7 @@ from PIL import Image
 from common.errors import UserError
 from dataloaders.sampling import independent_patches, normalize_patches, to_normalized_tensor
 from models.DistillationIQA import DistillationIQANet
-from tests.dataset_fixtures import make_ref_pool, write_image
+from tools.dataset_fixtures import make_ref_pool, write_image
 from tools.scorer import IQAScorer
 
 

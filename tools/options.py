@@ -1,4 +1,5 @@
-"""Options shared by the teacher, student and test scripts (the option modules only set their defaults).
+"""Options shared by the teacher, student and test scripts, in named groups; each script's parser is composed of
+these groups by the option modules (which set the script's defaults).
 
 Parsing has no side effects: folders are created and the options file written by `check_args`.
 """
@@ -8,7 +9,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from common.errors import UserError
 from dataloaders import DATASET_NAMES, DEFAULT_DIRS
@@ -39,6 +42,7 @@ def pretrained_value(value: str) -> bool | str:
 
 
 def dataset_list(value: str) -> list[str]:
+    """`--test_datasets a,b`: the known dataset names of a comma list (an unknown one is an error)."""
     names = [v.strip() for v in value.split(",") if v.strip()]
     unknown = [n for n in names if n not in DATASET_NAMES]
     if unknown:
@@ -47,117 +51,222 @@ def dataset_list(value: str) -> list[str]:
 
 
 def dataset_name(value: str) -> str:
+    """`--train_dataset` / `--test_dataset`: one known dataset name (the first of a comma list)."""
     return dataset_list(value)[0] if value else value
 
 
-NO_EFFECT_IN_TESTING = "accepted so that command lines written for the original run unchanged; no effect in testing"
+NO_EFFECT_IN_TESTING = "no effect in testing"
+COMPATIBILITY_TITLE = "options kept for compatibility with the original (no effect here)"
+COMPATIBILITY_DESCRIPTION = "accepted so that existing command lines run unchanged"
 
 
-def add_network_args(parser: argparse.ArgumentParser, *, testing: bool = False) -> None:
-    group = parser.add_argument_group("network")
-    group.add_argument("--self_patch_num", type=int, default=10, help="number of training & testing image self patches")
-    group.add_argument("--patch_size", type=int, default=224, help="crop size for training & testing image patches")
-    group.add_argument("--distillation_layer", type=int, default=18,
-                       help="last xth layers of HQ-MLP for distillation (the KD distils the first n of them, "
-                            "n = min(this, LQ-MLP depth + 2): see --distill_all_diff_features)"
-                       + (f"; {NO_EFFECT_IN_TESTING}" if testing else ""))
-    group.add_argument("--pretrained", type=pretrained_value, default=True, metavar="false|true|PATH",
-                       help="backbone weights: true = torchvision's ImageNet weights (cache or download), "
-                            "false = random (no network), or a local ResNet-50 state-dict file")
-    group.add_argument("--print_netC", type=str2bool, default=False, help="print the network")
+class Option(NamedTuple):
+    """One command-line option, defined once: its flag and the keywords of `add_argument`."""
+
+    flag: str
+    kwargs: dict[str, Any]
+
+    def replace(self, **changes: Any) -> Option:
+        """The same option with some keywords changed (a script's own default or help)."""
+        return Option(self.flag, {**self.kwargs, **changes})
 
 
-def add_runtime_args(parser: argparse.ArgumentParser, *, testing: bool = False) -> None:
-    group = parser.add_argument_group("runtime")
-    group.add_argument("--gpu_ids", type=str, default="0",
-                       help="GPU id to use; 'cpu', '-1' or '' selects the CPU (also used when no GPU exists)")
-    group.add_argument("--seed", type=int, default=0, help="seed of every random choice (crops, references, init)")
-    group.add_argument("--num_workers", type=int, default=4, help="data-loading worker processes")
-    group.add_argument("--amp", choices=["auto", "off", "fp16", "bf16"], default="auto",
-                       help=("no effect in testing (the precision of training); see --eval_amp" if testing else
-                             "mixed precision of training: auto = fp16 on CUDA, off on CPU; bf16 also works on CPU"))
-    group.add_argument("--eval_amp", choices=["off", "auto", "fp16", "bf16"], default="off",
-                       help="mixed precision of evaluation: off = fp32, as the original evaluated (default); "
-                            "auto = fp16 on CUDA, off on CPU; bf16 also works on CPU")
+def option(flag: str, **kwargs: Any) -> Option:
+    """`Option(flag, kwargs)`, written like `add_argument`."""
+    return Option(flag, kwargs)
 
 
-def add_data_args(parser: argparse.ArgumentParser, test_datasets: str, *, teacher_evaluation: bool = True) -> None:
-    group = parser.add_argument_group("data")
-    group.add_argument("--dataset_dir", type=str, default="./dataset",
-                       help="folder holding the datasets in their default sub-folders")
-    group.add_argument("--test_datasets", type=dataset_list, default=dataset_list(test_datasets),
-                       help=f"comma list of datasets to evaluate on (default {test_datasets}); "
-                            "missing ones are skipped with a warning")
-    for name, option in DATASET_PATH_OPTIONS.items():
-        group.add_argument(f"--{option}", type=str, default=None,
-                           help=f"root of {name} (default <dataset_dir>/{DEFAULT_DIRS[name]})")
-    group.add_argument("--ref_train_dataset_path", type=str, default=None,
-                       help="non-aligned reference pool for training "
-                            f"(default <dataset_dir>/{DEFAULT_DIRS['ref_train']})")
-    group.add_argument("--ref_test_dataset_path", type=str, default=None,
-                       help="non-aligned reference pool for testing "
-                            f"(default <dataset_dir>/{DEFAULT_DIRS['ref_test']})")
-    group.add_argument("--test_patch_num", type=int, default=1, help="number of sample patches from testing image")
-    group.add_argument("--test_batch_size", type=int, default=8,
-                       help="images per batch at evaluation (scores do not depend on it)")
-    group.add_argument("--upscale_small_images", action="store_true",
-                       help="upscale images smaller than the patch size instead of refusing them")
-    group.add_argument("--use_fitting_prcc_srcc", type=str2bool, default=True,
-                       help="fit the 4-parameter logistic before PLCC")
-    if teacher_evaluation:
-        group.add_argument("--teacher_test_augment", type=str2bool, default=True,
-                           help="evaluate the FR-teacher on patch pairs with the paired random flips and 180-degree "
-                                "rotation of training (seeded), as the original did (default true); false: plain "
-                                "crops. The student is always evaluated on plain crops")
-    group.add_argument("--ref_cache_gb", type=float, default=None, metavar="GB",
-                       help="memory for decoded reference images, kept once and shared by the loader workers "
-                            "(default: min(16, a quarter of the available memory), divided among the processes "
-                            "of a torchrun on one machine; 0 = off: decode them per sample)")
+def add_group(parser: argparse.ArgumentParser, title: str, options: Iterable[Option],
+              description: str | None = None) -> argparse._ArgumentGroup:
+    """Add the argument group `title` holding `options`, in their order."""
+    group = parser.add_argument_group(title, description)
+    for opt in options:
+        group.add_argument(opt.flag, **opt.kwargs)
+    return group
 
 
-def add_training_args(parser: argparse.ArgumentParser, *, checkpoint_dir: str, update_opt_epoch: int,
-                      lr_ratio: float, testing: bool = False) -> None:
-    """The training options. With `testing`, only the original's options (the original test scripts parsed
-    the training parser), each marked as having no effect unless it does."""
-    group = parser.add_argument_group("options of the original's training parser" if testing else "training")
+# ---- options that more than one group or parser takes -------------------------------------------------
+TRAIN_DATASET = option("--train_dataset", type=dataset_name, default="kadid10k",
+                       help=f"support datasets: {DATASET_HELP}")
+TEST_DATASET = option("--test_dataset", type=dataset_name, default="live",
+                      help="equal to --train_dataset: within-dataset protocol (80/20 content splits, "
+                           "--train_test_num rounds, median); otherwise cross-dataset on --test_datasets")
+DISTILLATION_LAYER = option("--distillation_layer", type=int, default=18,
+                            help="last xth layers of HQ-MLP for distillation (the KD distils the first n of them, "
+                                 "n = min(this, LQ-MLP depth + 2): see --distill_all_diff_features)")
+DISTILLATION_LOSS = option("--distillation_loss", choices=["mse", "l1", "kldiv"], default="mse",
+                           help="feature distance for KD (the original computed mse whatever this said)")
+AMP = option("--amp", choices=["auto", "off", "fp16", "bf16"], default="auto",
+             help="mixed precision of training: auto = fp16 on CUDA, off on CPU; bf16 also works on CPU")
+DATASET_DIR = option("--dataset_dir", type=str, default="./dataset",
+                     help="folder holding the datasets in their default sub-folders")
+TEST_PATCH_NUM = option("--test_patch_num", type=int, default=1, help="number of sample patches from testing image")
+TEST_BATCH_SIZE = option("--test_batch_size", type=int, default=8,
+                         help="images per batch at evaluation (scores do not depend on it)")
+UPSCALE = option("--upscale_small_images", action="store_true",
+                 help="upscale images smaller than the patch size instead of refusing them")
+USE_FITTING = option("--use_fitting_prcc_srcc", type=str2bool, default=True,
+                     help="fit the 4-parameter logistic before PLCC")
+SETTING_FILE = option("--setting_file", type=str, default="setting.txt")
 
-    def add(name: str, *, original: bool = True, effect: str | None = None, **kwargs) -> None:
-        if testing and not original:
-            return
-        if testing:
-            kwargs["help"] = effect or (kwargs.get("help", "") + f" ({NO_EFFECT_IN_TESTING})").lstrip()
-        group.add_argument(name, **kwargs)
 
-    add("--train_dataset", type=dataset_name, default="kadid10k", help=f"support datasets: {DATASET_HELP}",
-        effect="the training set of a checkpoint that does not store its options (the authors' files: kadid10k); "
-               "its label direction orients the correlations. Checkpoints of this project know their own")
-    add("--test_dataset", type=dataset_name, default=None if testing else "live",
-        help="equal to --train_dataset: within-dataset protocol (80/20 content splits, "
-             "--train_test_num rounds, median); otherwise cross-dataset on --test_datasets",
-        effect="test on this dataset only (the original's option); default: the --test_datasets list")
-    add("--train_patch_num", type=int, default=1, help="number of sample patches from training image")
-    add("--lr", dest="lr", type=float, default=2e-5, help="learning rate")
-    add("--lr_ratio", original=False, type=float, default=lr_ratio,
-        help="lr multiplier of everything but the backbone (becomes 1 from epoch 22 on: after epoch t > 20)")
-    add("--weight_decay", type=float, default=5e-4, help="weight decay")
-    add("--batch_size", type=int, default=32, help="batch size")
-    add("--epochs", type=int, default=100, help="epochs for training")
-    add("--train_test_num", type=int, default=1, help="train-test times (within-dataset protocol)")
-    add("--update_opt_epoch", type=int, default=update_opt_epoch,
-        help="after epoch t the lr becomes lr / 10^(t // update_opt_epoch), compounding")
-    add("--use_refHQ", type=str2bool, default=True, help="use the HQ reference (must stay true)")
-    add("--freeze_backbone_bn", original=False, action="store_true",
-        help="keep the backbone's BatchNorm in eval mode while training (not in the original; "
-             "helps a randomly initialised backbone)")
-    add("--net_print", type=int, default=2000, help="log the loss every N iterations")
-    if not testing:  # the test script defines its own (it writes its results there)
-        add("--setting_file", type=str, default="setting.txt")
-        add("--checkpoint_dir", type=str, default=checkpoint_dir)
-    add("--resume", original=False, nargs="?", const="last", default=None, metavar="PATH",
-        help="continue from <checkpoint_dir>/models/last.pth (or the given checkpoint)")
-    add("--overwrite", original=False, action="store_true",
-        help="start afresh in a --checkpoint_dir that holds a run: delete that run's checkpoints, "
-             "metrics and log first")
+def original_training_options(update_opt_epoch: int) -> tuple[Option, ...]:
+    """The options of the original's training parser that only training reads (the test scripts accept them)."""
+    return (
+        option("--train_patch_num", type=int, default=1, help="number of sample patches from training image"),
+        option("--lr", dest="lr", type=float, default=2e-5, help="learning rate"),
+        option("--weight_decay", type=float, default=5e-4, help="weight decay"),
+        option("--batch_size", type=int, default=32, help="batch size"),
+        option("--epochs", type=int, default=100, help="epochs for training"),
+        option("--train_test_num", type=int, default=1, help="train-test times (within-dataset protocol)"),
+        option("--update_opt_epoch", type=int, default=update_opt_epoch,
+               help="after epoch t the lr becomes lr / 10^(t // update_opt_epoch), compounding"),
+        option("--use_refHQ", type=str2bool, default=True, help="use the HQ reference (must stay true)"),
+        option("--net_print", type=int, default=2000, help="log the loss every N iterations"),
+    )
+
+
+# ---- the named groups --------------------------------------------------------------------------------
+def add_training_group(parser: argparse.ArgumentParser, *, checkpoint_dir: str, update_opt_epoch: int,
+                       lr_ratio: float) -> None:
+    """Training: data split, optimiser, schedule, precision, run folder and resume (the training scripts)."""
+    add_group(parser, "training", (
+        TRAIN_DATASET, TEST_DATASET, *original_training_options(update_opt_epoch),
+        option("--lr_ratio", type=float, default=lr_ratio,
+               help="lr multiplier of everything but the backbone (becomes 1 from epoch 22 on: after epoch t > 20)"),
+        option("--freeze_backbone_bn", action="store_true",
+               help="keep the backbone's BatchNorm in eval mode while training (not in the original; "
+                    "helps a randomly initialised backbone)"),
+        DISTILLATION_LAYER, AMP, SETTING_FILE, option("--checkpoint_dir", type=str, default=checkpoint_dir),
+        option("--resume", nargs="?", const="last", default=None, metavar="PATH",
+               help="continue from <checkpoint_dir>/models/last.pth (or the given checkpoint)"),
+        option("--overwrite", action="store_true",
+               help="start afresh in a --checkpoint_dir that holds a run: delete that run's checkpoints, "
+                    "metrics and log first"),
+    ))
+
+
+def add_distillation_group(parser: argparse.ArgumentParser) -> None:
+    """The knowledge-distillation loss (the student's training)."""
+    add_group(parser, "knowledge distillation", (
+        DISTILLATION_LOSS,
+        option("--feature_loss_ratio", type=float, default=1.0, help="weight of the KD feature loss"),
+        option("--distill_all_diff_features", action="store_true",
+               help="distil every difference feature that --distillation_layer selects (not in the original, "
+                    "whose zip with the LQ features kept only the first n = min(d, 11) at MLP depth 9: "
+                    "blocks 0-10 at the default d=18)"),
+    ))
+
+
+def add_data_group(parser: argparse.ArgumentParser, test_datasets: str, *, teacher_evaluation: bool) -> None:
+    """Dataset locations and evaluation data; `teacher_evaluation` adds --teacher_test_augment."""
+    paths = [option(f"--{opt}", type=str, default=None,
+                    help=f"root of {name} (default <dataset_dir>/{DEFAULT_DIRS[name]})")
+             for name, opt in DATASET_PATH_OPTIONS.items()]
+    augment = option("--teacher_test_augment", type=str2bool, default=True,
+                     help="evaluate the FR-teacher on patch pairs with the paired random flips and 180-degree "
+                          "rotation of training (seeded), as the original did (default true); false: plain "
+                          "crops. The student is always evaluated on plain crops")
+    add_group(parser, "data", (
+        DATASET_DIR,
+        option("--test_datasets", type=dataset_list, default=dataset_list(test_datasets),
+               help=f"comma list of datasets to evaluate on (default {test_datasets}); "
+                    "missing ones are skipped with a warning"),
+        *paths,
+        option("--ref_train_dataset_path", type=str, default=None,
+               help=f"non-aligned reference pool for training (default <dataset_dir>/{DEFAULT_DIRS['ref_train']})"),
+        option("--ref_test_dataset_path", type=str, default=None,
+               help=f"non-aligned reference pool for testing (default <dataset_dir>/{DEFAULT_DIRS['ref_test']})"),
+        TEST_PATCH_NUM, TEST_BATCH_SIZE, UPSCALE, USE_FITTING, *([augment] if teacher_evaluation else []),
+        option("--ref_cache_gb", type=float, default=None, metavar="GB",
+               help="memory for decoded reference images, kept once and shared by the loader workers "
+                    "(default: min(16, a quarter of the available memory), divided among the processes "
+                    "of a torchrun on one machine; 0 = off: decode them per sample)"),
+    ))
+
+
+def add_network_group(parser: argparse.ArgumentParser) -> None:
+    """The network's shape and starting weights (every script)."""
+    add_group(parser, "network", (
+        option("--self_patch_num", type=int, default=10, help="number of training & testing image self patches"),
+        option("--patch_size", type=int, default=224, help="crop size for training & testing image patches"),
+        option("--pretrained", type=pretrained_value, default=True, metavar="false|true|PATH",
+               help="backbone weights: true = torchvision's ImageNet weights (cache or download), "
+                    "false = random (no network), or a local ResNet-50 state-dict file"),
+        option("--print_netC", type=str2bool, default=False, help="print the network"),
+    ))
+
+
+def add_runtime_group(parser: argparse.ArgumentParser) -> None:
+    """Device, seed, loader workers and the precision of evaluation (every script)."""
+    add_group(parser, "runtime", (
+        option("--gpu_ids", type=str, default="0",
+               help="GPU id to use; 'cpu', '-1' or '' selects the CPU (also used when no GPU exists)"),
+        option("--seed", type=int, default=0, help="seed of every random choice (crops, references, init)"),
+        option("--num_workers", type=int, default=4, help="data-loading worker processes"),
+        option("--eval_amp", choices=["off", "auto", "fp16", "bf16"], default="off",
+               help="mixed precision of evaluation: off = fp32, as the original evaluated (default); "
+                    "auto = fp16 on CUDA, off on CPU; bf16 also works on CPU"),
+    ))
+
+
+def add_weights_group(parser: argparse.ArgumentParser, *options: Option) -> None:
+    """The model weights a script loads (each script sets their defaults and help)."""
+    add_group(parser, "weights", options)
+
+
+def add_evaluation_group(parser: argparse.ArgumentParser, *, checkpoint_dir: str) -> None:
+    """What test_DistillationIQA.py evaluates and where it writes its results."""
+    add_group(parser, "evaluation", (
+        TEST_DATASET.replace(default=None, help="test on this dataset only (the original's option); "
+                                                "default: the --test_datasets list"),
+        TRAIN_DATASET.replace(help="the training set of a checkpoint that does not store its options (the "
+                                   "authors' files: kadid10k); its label direction orients the correlations. "
+                                   "Checkpoints of this project know their own"),
+        option("--test_rounds", type=int, default=10, help="rounds with new random crops and references"),
+        option("--checkpoint_dir", type=str, default=checkpoint_dir, help="results/<...>.csv is written below it"),
+        SETTING_FILE.replace(default="setting_test.txt"),
+        option("--plot", type=str, default=None, metavar="DIR",
+               help="write per-dataset scatter plots (prediction vs label, fitted logistic) here"),
+        option("--tsne", type=str, default=None, metavar="DIR",
+               help="write per-dataset t-SNE maps of the student's HQ-LQ difference features here "
+                    "(needs scikit-learn)"),
+        option("--tsne_compare", type=str, default=None, metavar="PATH",
+               help="a second student checkpoint (e.g. trained without KD) drawn beside the first in the --tsne maps"),
+    ))
+
+
+def add_scoring_group(parser: argparse.ArgumentParser) -> None:
+    """The images test_DistillationIQA_single.py scores, its references and its outputs."""
+    add_group(parser, "scoring", (
+        option("--lq", nargs="+", required=True, metavar="PATH", help="image(s) to score, or a folder of images"),
+        option("--ref", nargs="+", default=None, metavar="PATH",
+               help="non-aligned HQ reference image(s) or a folder "
+                    f"(default <dataset_dir>/{DEFAULT_DIRS['ref_test']})"),
+        DATASET_DIR,
+        option("--repeats", type=int, default=10, help="random crop sets per image; the score is their mean"),
+        TEST_BATCH_SIZE, UPSCALE,
+        option("--output", type=str, default=None, metavar="FILE.csv|FILE.json",
+               help="also write the scores to this CSV or JSON file"),
+        option("--figure", type=str, default=None, metavar="FILE.png",
+               help="draw the scored images annotated with their scores: one row per --lq folder "
+                    "(loose files form one more row)"),
+    ))
+
+
+def add_compatibility_group(parser: argparse.ArgumentParser, *options: Option, note: str | None) -> None:
+    """The one group of options a script accepts without using them, so that command lines written for the
+    original run unchanged; `note` (appended to each help) says so."""
+    def noted(opt: Option) -> Option:
+        text = opt.kwargs.get("help")
+        return opt.replace(help=f"{text} ({note})" if text else note) if note else opt
+
+    add_group(parser, COMPATIBILITY_TITLE, [noted(opt) for opt in options], COMPATIBILITY_DESCRIPTION)
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line (or `argv`) and derive the dependent paths; creates nothing."""
+    return finalize_args(parser.parse_args(argv))
 
 
 def finalize_args(args: argparse.Namespace) -> argparse.Namespace:

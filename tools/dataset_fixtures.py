@@ -1,4 +1,4 @@
-"""Builders of tiny on-disk copies of each dataset format, quirks included, for the tests.
+"""Writers of tiny datasets in each dataset's on-disk format, quirks included, for the tests and the benchmarks.
 
 Each `make_*` writes a dataset under `root` and returns the expected entries (`FakeEntry`, paths
 relative to `root`) in label-file order. Image pixels encode their position (R = x, G = y mod 256)
