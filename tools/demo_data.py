@@ -510,22 +510,14 @@ def build_demo_dataset(
     return {**summary, "reused": False}
 
 
-def _build(out: Path, size: tuple[int, int], seed: int, levels: int) -> dict:
-    writer = _Writer(out)
-    pool_size = (round(size[0] * POOL_SCALE), round(size[1] * POOL_SCALE))
-    names = list(DISTORTIONS)
-
-    def distort(group: str, idx: int, ref: np.ndarray, name: str, level: int) -> np.ndarray:
-        key = [seed, _GROUP_INDEX[group], idx, names.index(name), level]
-        return DISTORTIONS[name](ref, level, np.random.default_rng(key), levels=levels)
-
-    # KADID-10k: references and distorted images together in images/, dmos.csv sorted by dist_img.
+def _write_kadid(writer: _Writer, size: tuple[int, int], levels: int, distort: Callable) -> list[tuple]:
+    """KADID-10k: references and distorted images together in images/, dmos.csv sorted by dist_img."""
     rows: list[tuple[str, str, str, str]] = []
     for idx, content in enumerate(_SPLIT["train"]):
         ref = _load_content(content, size)
         ref_name = f"I{idx + 1:02d}.png"
         writer.write(f"kadid10k/images/{ref_name}", _encode(ref, "PNG"))
-        for name in names:
+        for name in DISTORTIONS:
             for level in range(1, levels + 1):
                 dist_name = f"I{idx + 1:02d}_{KADID_TYPE_IDS[name]:02d}_{level:02d}.png"
                 img = distort("train", idx, ref, name, level)
@@ -537,10 +529,13 @@ def _build(out: Path, size: tuple[int, int], seed: int, levels: int) -> dict:
     table.writerow(["dist_img", "ref_img", "dmos", "var"])
     table.writerows(rows)
     writer.write_text("kadid10k/dmos.csv", buf.getvalue())
+    return rows
 
-    # TID2013: reference_images/I01.BMP, distorted_images/i01_08_1.bmp; rows ordered by ref, type, level.
+
+def _write_tid2013(writer: _Writer, size: tuple[int, int], levels: int, distort: Callable) -> list[tuple]:
+    """TID2013: reference_images/I01.BMP, distorted_images/i01_08_1.bmp; rows ordered by ref, type, level."""
     tid_rows: list[tuple[str, str]] = []
-    by_tid_id = sorted(names, key=lambda n: TID_TYPE_IDS[n])
+    by_tid_id = sorted(DISTORTIONS, key=lambda n: TID_TYPE_IDS[n])
     for idx, content in enumerate(_SPLIT["test"]):
         ref = _load_content(content, size)
         writer.write(f"TID2013/reference_images/I{idx + 1:02d}.BMP", _encode(ref, "BMP"))
@@ -553,12 +548,29 @@ def _build(out: Path, size: tuple[int, int], seed: int, levels: int) -> dict:
     writer.write_text("TID2013/mos_with_names.txt", "".join(f"{mos} {n}\n" for mos, n in tid_rows))
     writer.write_text("TID2013/mos.txt", "".join(f"{mos}\n" for mos, _ in tid_rows))
     writer.write_text("TID2013/mos_std.txt", "".join("0.00000\n" for _ in tid_rows))
+    return tid_rows
 
-    # DIV2K-style pristine pools: train_HR/0001.png ..., val_HR/0801.png ...
+
+def _write_pools(writer: _Writer, pool_size: tuple[int, int]) -> None:
+    """DIV2K-style pristine pools: train_HR/0001.png ..., val_HR/0801.png ..."""
     for group, folder, first in (("ref_train", "train_HR", 1), ("ref_test", "val_HR", 801)):
         for idx, content in enumerate(_SPLIT[group]):
             img = _load_content(content, pool_size)
             writer.write(f"DIV2K_ref/{folder}/{first + idx:04d}.png", _encode(img, "PNG"))
+
+
+def _build(out: Path, size: tuple[int, int], seed: int, levels: int) -> dict:
+    writer = _Writer(out)
+    pool_size = (round(size[0] * POOL_SCALE), round(size[1] * POOL_SCALE))
+    names = list(DISTORTIONS)
+
+    def distort(group: str, idx: int, ref: np.ndarray, name: str, level: int) -> np.ndarray:
+        key = [seed, _GROUP_INDEX[group], idx, names.index(name), level]
+        return DISTORTIONS[name](ref, level, np.random.default_rng(key), levels=levels)
+
+    rows = _write_kadid(writer, size, levels, distort)
+    tid_rows = _write_tid2013(writer, size, levels, distort)
+    _write_pools(writer, pool_size)
 
     return {
         "train_contents": [c.name for c in _SPLIT["train"]],
