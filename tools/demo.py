@@ -177,6 +177,16 @@ def prepare_output(out: Path) -> None:
     (out / OUTPUT_MARKER).write_text("made by python -m tools.demo\n")
 
 
+def write_student_init(teacher_ckpt: Path, path: Path) -> Path:
+    """The teacher's weights as a plain state dict, the students' starting point (--studentNet_model_path
+    refuses a checkpoint recorded as the teacher's, so that one role's file is not taken for the other's)."""
+    from models.DistillationIQA import extract_state_dict
+    from tools.checkpoint import atomic_torch_save, safe_torch_load
+
+    atomic_torch_save(extract_state_dict(safe_torch_load(teacher_ckpt), str(teacher_ckpt)), path)
+    return path
+
+
 def synthetic_examples(data: Path, out: Path, content: int = 1) -> list[str]:
     """One held-out photo (TID2013-format reference `content`) and its distorted images, one folder per type:
     `level 0 (reference).bmp`, `level 1.bmp` ... (the rows of the examples figure)."""
@@ -242,13 +252,14 @@ def main(argv: list[str] | None = None) -> dict:
     times["teacher"] = run_step(
         "FR-teacher (LQ + aligned HQ), cross-dataset: KADID-format -> TID2013-format", "train_DistillationIQA_FR.py",
         [*training, "--epochs", str(args.teacher_epochs), "--checkpoint_dir", str(out / "teacher")], logs)
+    student_init = write_student_init(teacher_ckpt, out / "teacher" / "student_init.pth")
     students = {}
     for name, title, options in (("student", "NAR-student with KD from the frozen teacher", DEMO_STUDENT),
                                  ("student_no_kd", "the same NAR-student without KD", DEMO_STUDENT_NO_KD)):
         times[name] = run_step(
             f"{title} (starts from the teacher's weights)", "train_DistillationIQA.py",
             [*training, *options, "--epochs", str(args.student_epochs), "--checkpoint_dir", str(out / name),
-             "--teacherNet_model_path", str(teacher_ckpt), "--studentNet_model_path", str(teacher_ckpt)], logs,
+             "--teacherNet_model_path", str(teacher_ckpt), "--studentNet_model_path", str(student_init)], logs,
             log_name=name)
         students[name] = out / name / "models" / "last.pth"
     evaluation = [*common, "--test_rounds", str(args.test_rounds)]
@@ -282,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
                            "test_rounds": args.test_rounds, "checkpoints": "last epoch (no choice on held-out data)",
                            "options": {"network": DEMO_NETWORK, "training": DEMO_TRAINING, "student": DEMO_STUDENT,
                                        "student_no_kd": DEMO_STUDENT_NO_KD,
-                                       "student_init": "the teacher's weights (--studentNet_model_path)"},
+                                       "student_init": "the teacher's weights (teacher/student_init.pth)"},
                            "label_rule": LABEL_RULE,
                            "seconds": {**{k: round(v, 1) for k, v in times.items()}, "total": round(total, 1)}}
     write_json(out / "results.json", results)
