@@ -36,8 +36,8 @@ def test_tsne_separates_clusters_and_draws_panels(tmp_path):
     assert (labels[dist.argmin(1)] == labels).all()
     path = tmp_path / "tsne.png"
     tsne_figure({"w/o KD": rng.normal(size=(30, 8)), "w/ KD": far}, labels, path, label_name="level", dpi=50)
-    with Image.open(path) as im:  # 2 panels: (4.2 * 2 + 0.8) x 4.2 inches
-        assert im.size == (460, 210)
+    with Image.open(path) as im:  # 2 panels: (4.2 * 2 + 0.4) x 4.8 inches (the legend in a row under them)
+        assert im.size == (440, 240)
 
 
 def test_tsne_figure_rejects_mismatched_sizes(tmp_path):
@@ -88,3 +88,21 @@ def test_demo_output_folder_safety(tmp_path):
     (out / "teacher" / "old.pth").write_text("x")
     demo.prepare_output(out)  # a folder the demo made: its step folders are cleared
     assert not (out / "teacher").exists() and (out / "logs").is_dir()
+
+
+def test_student_init_is_the_teachers_weights_without_the_role(tmp_path):
+    """The students start from the teacher's weights; --studentNet_model_path refuses a teacher checkpoint, so the
+    demo hands them a plain copy of its state dict."""
+    import torch
+
+    from tools.checkpoint import atomic_torch_save, load_model_checkpoint
+    from tools.errors import UserError
+
+    state = {"lda1_process.0.weight": torch.ones(2, 3), "regressor.l2.bias": torch.zeros(1)}
+    teacher = tmp_path / "last.pth"
+    atomic_torch_save({"model": state, "role": "teacher", "epoch": 3}, teacher)
+    with pytest.raises(UserError, match="teacher"):
+        load_model_checkpoint(teacher, "--studentNet_model_path", "student")
+    init = demo.write_student_init(teacher, tmp_path / "student_init.pth")
+    loaded = load_model_checkpoint(init, "--studentNet_model_path", "student")
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], v) for k, v in state.items())

@@ -131,7 +131,7 @@ def tsne_figure(panels: Mapping[str, np.ndarray], labels: np.ndarray, path: str 
     plt = _pyplot()
     values = np.unique(labels)
     discrete = len(values) <= MAX_DISCRETE_COLOURS
-    fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(4.2 * len(panels) + 0.8, 4.2), dpi=dpi)
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(4.2 * len(panels) + 0.4, 4.8), dpi=dpi)
     cmap = plt.get_cmap("viridis")
     scatter = None
     for ax, (name, feats) in zip(axes[0], panels.items()):
@@ -147,9 +147,11 @@ def tsne_figure(panels: Mapping[str, np.ndarray], labels: np.ndarray, path: str 
         ax.set_xticks([])
         ax.set_yticks([])
     if discrete:
+        # one row under the panels: a legend beside them overlapped the right-hand panel
         handles, names = axes[0][-1].get_legend_handles_labels()
-        fig.legend(handles, names, title=label_name, loc="center right", fontsize=8, title_fontsize=8)
-        fig.tight_layout(rect=(0, 0, 1 - 0.8 / fig.get_figwidth(), 0.94 if title else 1))
+        fig.legend(handles, names, title=label_name, loc="lower center", ncol=len(values), fontsize=8,
+                   title_fontsize=8, frameon=False, handletextpad=0.2, columnspacing=1.0)
+        fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 0.94 if title else 1))
     else:
         fig.tight_layout(rect=(0, 0, 1, 0.94 if title else 1))
         fig.colorbar(scatter, ax=axes[0].tolist(), label=label_name, shrink=0.8)
