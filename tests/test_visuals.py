@@ -95,8 +95,9 @@ def test_student_init_is_the_teachers_weights_without_the_role(tmp_path):
     demo hands them a plain copy of its state dict."""
     import torch
 
-    from tools.checkpoint import atomic_torch_save, load_model_checkpoint
-    from tools.errors import UserError
+    from common.errors import UserError
+    from common.files import atomic_torch_save
+    from tools.checkpoint import load_model_checkpoint
 
     state = {"lda1_process.0.weight": torch.ones(2, 3), "regressor.l2.bias": torch.zeros(1)}
     teacher = tmp_path / "last.pth"

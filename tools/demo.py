@@ -13,7 +13,7 @@
    each step.
 
 Settings (DEMO_NETWORK, DEMO_TRAINING, DEMO_STUDENT and the epoch defaults below): patch 80, 2 patches per
-sample, batch 8, heads at lr 1e-3 (--lr 1e-4 --lr_ratio 10), KD --feature_loss_ratio 1e-5, teacher 4 epochs,
+sample, batch 8, heads at lr 1e-3 (--lr 1e-4 --lr_ratio 10), KD --feature_loss_ratio 1e-5, teacher 3 epochs,
 students 2 epochs, 1 test round; the checkpoints used are the last epoch's (nothing is chosen on the held-out
 content). Without ImageNet weights in
 torchvision's cache the backbone is random and frozen, and its BatchNorm is kept in eval mode
@@ -56,7 +56,7 @@ DEMO_TRAINING = ["--batch_size", "8", "--lr", "1e-4", "--lr_ratio", "10", "--fre
 # this number (0).
 DEMO_STUDENT = ["--feature_loss_ratio", "1e-5"]
 DEMO_STUDENT_NO_KD = ["--feature_loss_ratio", "0"]
-DEFAULT_TEACHER_EPOCHS = 4
+DEFAULT_TEACHER_EPOCHS = 3
 DEFAULT_STUDENT_EPOCHS = 2
 
 
@@ -181,8 +181,8 @@ def prepare_output(out: Path) -> None:
 def write_student_init(teacher_ckpt: Path, path: Path) -> Path:
     """The teacher's weights as a plain state dict, the students' starting point (--studentNet_model_path
     refuses a checkpoint recorded as the teacher's, so that one role's file is not taken for the other's)."""
+    from common.files import atomic_torch_save, safe_torch_load
     from models.DistillationIQA import extract_state_dict
-    from tools.checkpoint import atomic_torch_save, safe_torch_load
 
     atomic_torch_save(extract_state_dict(safe_torch_load(teacher_ckpt), str(teacher_ckpt)), path)
     return path
@@ -205,7 +205,7 @@ def synthetic_examples(data: Path, out: Path, content: int = 1) -> list[str]:
     return folders
 
 
-def main(argv: list[str] | None = None) -> dict:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Offline CVRKD-IQA demo on scikit-image's photos.")
     parser.add_argument("--data", default="demo_data", help="where the demo dataset is built")
     parser.add_argument("--out", default="demo_output", help="where checkpoints, plots and results go")
@@ -215,46 +215,36 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the crops and the initialisation")
     parser.add_argument("--amp", choices=["auto", "off", "bf16"], default="auto",
                         help="training precision: auto = bf16 only where measured faster (see README), off = fp32")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    os.chdir(ROOT)
-    out, data = Path(args.out), Path(args.data)
-    prepare_output(out)
+    return parser
 
-    from common.files import write_json
+
+def build_data(data: Path, seed: int) -> str:
+    """Step 1: the demo dataset; returns --pretrained for the scripts (ImageNet weights only from the cache)."""
     from tools.demo_data import LABEL_RULE, build_demo_dataset
 
-    times: dict[str, float] = {}
     print("== demo data: real photographs shipped with scikit-image, distorted KADID-style")
-    tick = time.perf_counter()
-    summary = build_demo_dataset(data, seed=args.seed, overwrite=True)
-    times["data"] = time.perf_counter() - tick
+    summary = build_demo_dataset(data, seed=seed, overwrite=True)
     print(f"   train contents {summary['train_contents']} -> {data}/kadid10k ({summary['kadid_images']} images)")
     print(f"   held-out contents {summary['test_contents']} -> {data}/TID2013 ({summary['tid_images']} images)")
     print(f"   reference pools: {len(summary['ref_train'])} training, {len(summary['ref_test'])} testing views "
           "of the other photos")
     print(f"   label rule: {LABEL_RULE.splitlines()[0]}")
     if imagenet_weights_available():
-        pretrained = "true"
         print("   backbone: ImageNet ResNet-50 weights from torchvision's cache")
-    else:
-        pretrained = "false"
-        print("   backbone: no ImageNet weights in torchvision's cache -> frozen random ResNet-50 (offline demo)")
-    tick = time.perf_counter()
-    amp, why = choose_precision(args.amp)
-    times["precision"] = time.perf_counter() - tick
-    print(f"   precision for training: {why}; evaluation in fp32")
+        return "true"
+    print("   backbone: no ImageNet weights in torchvision's cache -> frozen random ResNet-50 (offline demo)")
+    return "false"
 
-    common = [*DEMO_NETWORK, "--dataset_dir", str(data), "--pretrained", pretrained, "--seed", str(args.seed),
-              "--test_datasets", "tid2013", "--gpu_ids", "cpu"]
-    training = [*common, *DEMO_TRAINING, "--amp", amp]
+
+def train_models(args: argparse.Namespace, out: Path, training: list[str], times: dict[str, float]) -> dict:
+    """Step 3: the teacher, then the students with and without KD; their checkpoints by name."""
     logs = out / "logs"
     teacher_ckpt = out / "teacher" / "models" / "last.pth"
     times["teacher"] = run_step(
         "FR-teacher (LQ + aligned HQ), cross-dataset: KADID-format -> TID2013-format", "train_DistillationIQA_FR.py",
         [*training, "--epochs", str(args.teacher_epochs), "--checkpoint_dir", str(out / "teacher")], logs)
     student_init = write_student_init(teacher_ckpt, out / "teacher" / "student_init.pth")
-    students = {}
+    checkpoints = {"teacher": teacher_ckpt}
     for name, title, options in (("student", "NAR-student with KD from the frozen teacher", DEMO_STUDENT),
                                  ("student_no_kd", "the same NAR-student without KD", DEMO_STUDENT_NO_KD)):
         times[name] = run_step(
@@ -262,42 +252,53 @@ def main(argv: list[str] | None = None) -> dict:
             [*training, *options, "--epochs", str(args.student_epochs), "--checkpoint_dir", str(out / name),
              "--teacherNet_model_path", str(teacher_ckpt), "--studentNet_model_path", str(student_init)], logs,
             log_name=name)
-        students[name] = out / name / "models" / "last.pth"
-    evaluation = [*common, "--test_rounds", str(args.test_rounds)]
+        checkpoints[name] = out / name / "models" / "last.pth"
+    return checkpoints
+
+
+def evaluate_models(args: argparse.Namespace, out: Path, data: Path, common: list[str], models: dict,
+                    times: dict[str, float]) -> dict:
+    """Steps 4-5: the held-out evaluation (with plots and t-SNE) and the synthetic examples; the three rows."""
+    logs, evaluation = out / "logs", [*common, "--test_rounds", str(args.test_rounds)]
     times["test"] = run_step(
         "evaluation on the held-out content (fp32): student with KD and teacher; t-SNE w/ and w/o KD",
         "test_DistillationIQA.py",
-        [*evaluation, "--studentNet_model_path", str(students["student"]), "--teacherNet_model_path",
-         str(teacher_ckpt), "--checkpoint_dir", str(out / "test"), "--plot", str(out / "plots"), "--tsne",
-         str(out / "plots"), "--tsne_compare", str(students["student_no_kd"])], logs)
+        [*evaluation, "--studentNet_model_path", str(models["student"]), "--teacherNet_model_path",
+         str(models["teacher"]), "--checkpoint_dir", str(out / "test"), "--plot", str(out / "plots"), "--tsne",
+         str(out / "plots"), "--tsne_compare", str(models["student_no_kd"])], logs)
     times["test_no_kd"] = run_step(
         "evaluation on the held-out content (fp32): student without KD", "test_DistillationIQA.py",
-        [*evaluation, "--studentNet_model_path", str(students["student_no_kd"]), "--checkpoint_dir",
+        [*evaluation, "--studentNet_model_path", str(models["student_no_kd"]), "--checkpoint_dir",
          str(out / "test_no_kd")], logs, log_name="test_no_kd")
     times["single"] = run_step(
         "synthetic examples: one held-out photo, every distortion at levels 0..5, scored by the KD student",
         "test_DistillationIQA_single.py",
         [*DEMO_NETWORK[:4], "--gpu_ids", "cpu", "--lq", *synthetic_examples(data, out), "--ref",
-         str(data / "DIV2K_ref" / "val_HR"), "--repeats", "3", "--studentNet_model_path", str(students["student"]),
+         str(data / "DIV2K_ref" / "val_HR"), "--repeats", "3", "--studentNet_model_path", str(models["student"]),
          "--output", str(out / "single_scores.csv"), "--figure", str(out / "plots" / "synthetic_examples.png")], logs)
     training_curves({"teacher": out / "teacher", "student": out / "student", "student without KD":
                      out / "student_no_kd"}, out / "plots" / "training_curves.png")
-
     tested = json.loads((out / "test" / "results" / "test_results.json").read_text())
     tested_no_kd = json.loads((out / "test_no_kd" / "results" / "test_results.json").read_text())
-    results = {"teacher": tested["teacher"]["tid2013"], "student": tested["student"]["tid2013"],
-               "student_no_kd": tested_no_kd["student"]["tid2013"]}
-    total = time.perf_counter() - start
-    results["settings"] = {"backbone": "imagenet" if pretrained == "true" else "random (frozen, BN eval mode)",
-                           "seed": args.seed, "precision": amp, "precision_reason": why,
-                           "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
-                           "test_rounds": args.test_rounds, "checkpoints": "last epoch (no choice on held-out data)",
-                           "options": {"network": DEMO_NETWORK, "training": DEMO_TRAINING, "student": DEMO_STUDENT,
-                                       "student_no_kd": DEMO_STUDENT_NO_KD,
-                                       "student_init": "the teacher's weights (teacher/student_init.pth)"},
-                           "label_rule": LABEL_RULE,
-                           "seconds": {**{k: round(v, 1) for k, v in times.items()}, "total": round(total, 1)}}
-    write_json(out / "results.json", results)
+    return {"teacher": tested["teacher"]["tid2013"], "student": tested["student"]["tid2013"],
+            "student_no_kd": tested_no_kd["student"]["tid2013"]}
+
+
+def demo_settings(args: argparse.Namespace, pretrained: str, amp: str, why: str) -> dict:
+    """The `settings` entry of results.json."""
+    from tools.demo_data import LABEL_RULE
+
+    return {"backbone": "imagenet" if pretrained == "true" else "random (frozen, BN eval mode)",
+            "seed": args.seed, "precision": amp, "precision_reason": why,
+            "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
+            "test_rounds": args.test_rounds, "checkpoints": "last epoch (no choice on held-out data)",
+            "options": {"network": DEMO_NETWORK, "training": DEMO_TRAINING, "student": DEMO_STUDENT,
+                        "student_no_kd": DEMO_STUDENT_NO_KD,
+                        "student_init": "the teacher's weights (teacher/student_init.pth)"},
+            "label_rule": LABEL_RULE}
+
+
+def print_summary(results: dict, times: dict[str, float], out: Path, total: float) -> None:
     print("\n== held-out content (TID2013-format), mean over test rounds")
     print(f"   {'model':<14} {'SRCC':>7} {'PLCC':>7} {'KRCC':>7}")
     for role in ("teacher", "student", "student_no_kd"):
@@ -306,6 +307,34 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n== time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
     print(f"   results: {out / 'results.json'}; figures: {out / 'plots'}; total {total:.0f} s "
           f"(goal: within {TIME_GOAL_S} s in fp32 on 2 CPU cores)")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    start = time.perf_counter()
+    os.chdir(ROOT)
+    out, data = Path(args.out), Path(args.data)
+    prepare_output(out)
+    from common.files import write_json
+
+    times: dict[str, float] = {}
+    tick = time.perf_counter()
+    pretrained = build_data(data, args.seed)
+    times["data"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    amp, why = choose_precision(args.amp)
+    times["precision"] = time.perf_counter() - tick
+    print(f"   precision for training: {why}; evaluation in fp32")
+
+    common = [*DEMO_NETWORK, "--dataset_dir", str(data), "--pretrained", pretrained, "--seed", str(args.seed),
+              "--test_datasets", "tid2013", "--gpu_ids", "cpu"]
+    models = train_models(args, out, [*common, *DEMO_TRAINING, "--amp", amp], times)
+    results = evaluate_models(args, out, data, common, models, times)
+    total = time.perf_counter() - start
+    results["settings"] = demo_settings(args, pretrained, amp, why)
+    results["settings"]["seconds"] = {**{k: round(v, 1) for k, v in times.items()}, "total": round(total, 1)}
+    write_json(out / "results.json", results)
+    print_summary(results, times, out, total)
     return results
 
 
