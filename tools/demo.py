@@ -98,11 +98,9 @@ def training_curves(folders: dict[str, Path], out: Path) -> None:
         with open(folder / "results" / "metrics.csv") as handle:
             rows = list(csv.DictReader(handle))
         epochs = [int(r["epoch"]) for r in rows]
-        line, = ax.plot(epochs, [float(r["tid2013_srcc"]) for r in rows], marker="o", label=f"{name}: held-out SRCC")
-        ax.plot(epochs, [float(r["train_srcc"]) for r in rows], ls="--", color=line.get_color(),
-                label=f"{name}: train SRCC")
+        ax.plot(epochs, [float(r["train_srcc"]) for r in rows], marker="o", label=f"{name}: train SRCC")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("SRCC")
+    ax.set_ylabel("SRCC on the training samples of the epoch")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
     fig.tight_layout()
@@ -328,7 +326,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     common = [*DEMO_NETWORK, "--dataset_dir", str(data), "--pretrained", pretrained, "--seed", str(args.seed),
               "--test_datasets", "tid2013", "--gpu_ids", "cpu"]
-    models = train_models(args, out, [*common, *DEMO_TRAINING, "--amp", amp], times)
+    # The training runs evaluate on no test set (--test_datasets ""): the demo uses their last epoch and tests it
+    # once afterwards, which saves a held-out evaluation per epoch (~80 s of the 10 minutes).
+    models = train_models(args, out, [*common, "--test_datasets", "", *DEMO_TRAINING, "--amp", amp], times)
     results = evaluate_models(args, out, data, common, models, times)
     total = time.perf_counter() - start
     results["settings"] = demo_settings(args, pretrained, amp, why)
