@@ -21,7 +21,7 @@ from tools.data import build_test_sets, data_options
 from tools.epoch import evaluate, images_per_s
 from tools.networks import build_network, training_set_of
 from tools.options import check_args
-from tools.runtime import Run, setup_run
+from tools.runtime import Run, run_options, setup_run
 from tools.utils import note_training_amp_in_testing
 
 METRICS = ("srcc", "plcc", "krcc")
@@ -34,7 +34,7 @@ def evaluate_rounds(model, test_sets, run, rounds: int, ref_key: str, fit: bool,
     per_dataset: dict[str, list[dict]] = {t.name: [] for t in test_sets}
     for r in range(rounds):
         for name, metrics in evaluate(model, test_sets, run, r, ref_key, fit,
-                                             trained_higher_is_better=trained_higher_is_better).items():
+                                      trained_higher_is_better=trained_higher_is_better).items():
             per_dataset[name].append(metrics)
             get_logger().info(f"round {r}: {name} SRCC {metrics['srcc']:.4f} PLCC {metrics['plcc']:.4f} "
                               f"KRCC {metrics['krcc']:.4f} ({images_per_s(metrics):.1f} images/s)")
@@ -108,9 +108,7 @@ def setup_test_run(args: argparse.Namespace) -> Run:
     def write_options(info) -> None:
         check_args(args, rank=info.rank)
 
-    return setup_run(gpu_ids=args.gpu_ids, seed=args.seed, amp=args.amp, eval_amp=args.eval_amp,
-                     log_file=os.path.join(args.log_checkpoint_dir, "log.txt"), ref_cache_gb=args.ref_cache_gb,
-                     num_workers=args.num_workers, prepare=write_options)
+    return setup_run(**run_options(args), prepare=write_options)
 
 
 def main(args: argparse.Namespace) -> dict:

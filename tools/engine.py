@@ -32,7 +32,7 @@ from tools.epoch import (
 )
 from tools.metrics import quality_sum
 from tools.options import check_args
-from tools.runtime import Run, setup_run
+from tools.runtime import Run, run_options, setup_run
 from tools.training_state import RunRecord, TrainingState
 from tools.utils import seed_everything
 
@@ -70,9 +70,7 @@ def setup_training_run(args: argparse.Namespace) -> Run:
         check_args(args, rank=info.rank)
         return lock
 
-    return setup_run(gpu_ids=args.gpu_ids, seed=args.seed, amp=args.amp, eval_amp=args.eval_amp,
-                     log_file=os.path.join(args.log_checkpoint_dir, "log.txt"), ref_cache_gb=args.ref_cache_gb,
-                     num_workers=args.num_workers, prepare=prepare)
+    return setup_run(**run_options(args), prepare=prepare)
 
 
 # ---- best-on-test bookkeeping -----------------------------------------------------------------------
@@ -153,16 +151,17 @@ def _round_data(args: argparse.Namespace, run: Run, role: Role, round_of: tuple[
     """A round's training loader and (rank 0) test sets, from `content_ids` = (training, test) contents (None:
     whole datasets); `round_of` = (round index, rounds). The first round of a session checks every image."""
     round_index, rounds = round_of
-    options = {**data_options(args), "seed": args.seed + round_index}
-    train_loader = build_train_loader(args.train_dataset, role.mode, **options, batch_size=args.batch_size,
-                                      world_size=run.dist.world_size, repeats=args.train_patch_num,
+    options = data_options(args)
+    train_loader = build_train_loader(args.train_dataset, role.mode, **{**options, "seed": args.seed + round_index},
+                                      batch_size=args.batch_size, world_size=run.dist.world_size,
+                                      repeats=args.train_patch_num,
                                       ref_folder=args.ref_train_dataset_path, content_ids=content_ids[0],
                                       ref_cache=run.ref_cache)
     test_sets: list[TestSet] = []
     if run.dist.is_main:
         augment = role.mode == "lq_hq" and args.teacher_test_augment  # the student's parser lacks the option
         test_sets = build_test_sets([args.test_dataset] if within else args.test_datasets, role.mode,
-                                    **{**options, "seed": args.seed}, batch_size=args.test_batch_size,
+                                    **options, batch_size=args.test_batch_size,
                                     repeats=args.test_patch_num, augment_teacher=augment,
                                     ref_folder=args.ref_test_dataset_path, content_ids=content_ids[1],
                                     ref_cache=run.ref_cache)

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from common.errors import UserError
 from dataloaders import DATASET_NAMES, DEFAULT_DIRS
+from models.distillation import DISTILLATION_LOSSES
 
 DATASET_HELP = "|".join(DATASET_NAMES)
 DATASET_PATH_OPTIONS = {name: name.replace("-", "") + "_path" for name in DATASET_NAMES}  # koniq-10k -> koniq10k_path
@@ -94,7 +95,7 @@ TEST_DATASET = option("--test_dataset", type=dataset_name, default="live",
 DISTILLATION_LAYER = option("--distillation_layer", type=int, default=18,
                             help="last xth layers of HQ-MLP for distillation (the KD distils the first n of them, "
                                  "n = min(this, LQ-MLP depth + 2): see --distill_all_diff_features)")
-DISTILLATION_LOSS = option("--distillation_loss", choices=["mse", "l1", "kldiv"], default="mse",
+DISTILLATION_LOSS = option("--distillation_loss", choices=list(DISTILLATION_LOSSES), default="mse",
                            help="feature distance for KD (the original computed mse whatever this said)")
 AMP = option("--amp", choices=["auto", "off", "fp16", "bf16"], default="auto",
              help="mixed precision of training: auto = fp16 on CUDA, off on CPU; bf16 also works on CPU")

@@ -3,6 +3,8 @@ reference-image cache, gathered once in a `Run`."""
 
 from __future__ import annotations
 
+import argparse
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,6 +35,13 @@ class Run:
         """Release the checkpoint folder's lock (training runs)."""
         if self.lock is not None:
             self.lock.release()
+
+
+def run_options(args: argparse.Namespace) -> dict:
+    """The settings of a parsed command line that `setup_run` takes, the log going to <checkpoint_dir>/log."""
+    return {"gpu_ids": args.gpu_ids, "seed": args.seed, "amp": args.amp, "eval_amp": args.eval_amp,
+            "log_file": os.path.join(args.log_checkpoint_dir, "log.txt"), "ref_cache_gb": args.ref_cache_gb,
+            "num_workers": args.num_workers}
 
 
 def setup_run(*, gpu_ids: str | None, seed: int, amp: str = "off", eval_amp: str = "off",
