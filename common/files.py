@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -20,14 +21,30 @@ import torch
 from common.errors import UserError
 
 
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Write through a temporary file and a rename; a failure (full disk, read-only folder) is a
-    `UserError` naming the file, and the previous content of `path` stays as it was."""
+    `UserError` naming the file, and the previous content of `path` stays as it was. The file gets the
+    mode a plain `open()` would give it (0o666 less the umask), not mkstemp's 0o600."""
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -81,8 +98,20 @@ def atomic_torch_save(obj: object, *paths: str | os.PathLike) -> None:
         _atomic_write_bytes(path, buffer.getvalue())
 
 
+def json_safe(obj: object) -> object:
+    """`obj` with every NaN or infinite float replaced by None (strict JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {key: json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(value) for value in obj]
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: object) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """`obj` as strict JSON (NaN and infinities written as null), atomically."""
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, object]]) -> None:

@@ -37,6 +37,21 @@ class Sample(NamedTuple):
     content_id: int
 
 
+def duplicate_labels(samples: Sequence[Sample]) -> list[dict[str, Any]]:
+    """Images listed more than once in the label file(s): path, labels, and whether the labels conflict."""
+    labels: dict[Path, list[float]] = {}
+    for s in samples:
+        labels.setdefault(s.lq_path, []).append(s.label)
+    return [{"path": str(path), "labels": values, "conflicting": len(set(values)) > 1}
+            for path, values in labels.items() if len(values) > 1]
+
+
+def duplicate_line(duplicate: dict[str, Any]) -> str:
+    """One entry of `duplicate_labels` as `python -m dataloaders check` and the runs word it."""
+    kind = "conflicting labels" if duplicate["conflicting"] else "listed twice"
+    return f"  {kind}: {duplicate['path']} ({', '.join(f'{v:g}' for v in duplicate['labels'])})"
+
+
 class IQADataset(torch.utils.data.Dataset):
     """An IQA dataset read from `root`, yielding patch tensors for one of the modes in MODES.
 
@@ -114,6 +129,13 @@ class IQADataset(torch.utils.data.Dataset):
         self.seed, self.repeats, self.upscale = seed, repeats, upscale
         self.ref_paths = [Path(p) for p in ref_paths] if ref_paths else []
         entries, self.num_contents = self.read_index(self.root)
+        conflicts = [d for d in duplicate_labels(entries) if d["conflicting"]]
+        if conflicts:  # which label would be meant is unknown: `python -m dataloaders check` calls it NOT usable
+            shown = "\n".join(duplicate_line(d) for d in conflicts[:10])
+            more = f"\n  ... and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
+            raise UserError(f"{self.name}: {len(conflicts)} image(s) listed more than once with different labels "
+                            f"under {self.root}:\n{shown}{more}\n(run `python -m dataloaders check --dataset "
+                            f"{self.name} --root {self.root}` for a report)")
         if content_ids is not None:
             wanted = {int(c) for c in content_ids}
             bad = sorted(c for c in wanted if not 0 <= c < self.num_contents)
@@ -171,7 +193,10 @@ class IQADataset(torch.utils.data.Dataset):
         """Decode `reference_images()` into `cache` (as far as its budget allows) and read them from it."""
         entries = []
         for path, resize in self.reference_images():
-            w, h = fitted_size(resize or image_size(path), self.patch_size, self.upscale, path)
+            try:
+                w, h = fitted_size(resize or image_size(path), self.patch_size, self.upscale, path)
+            except UserError:
+                continue  # left to per-sample decoding; the check before training lists every such image
             entries.append(CacheEntry(self._cache_key(path, resize), (h, w, 3), partial(self._decode, path, resize)))
         cache.add(entries, label=f"{self.name} ({'training' if self.train else 'evaluation'}, {self.mode})")
         self.ref_cache = cache
