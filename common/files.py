@@ -12,7 +12,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,7 +35,7 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Write through a temporary file and a rename; a failure (full disk, read-only folder) is a
     `UserError` naming the file, and the previous content of `path` stays as it was. The file gets the
     mode a plain `open()` would give it (0o666 less the umask), not mkstemp's 0o600."""
@@ -59,7 +59,7 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) 
 
 
 def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    _atomic_write(path, lambda handle: handle.write(data))
+    atomic_write(path, lambda handle: handle.write(data))
 
 
 def atomic_copy(source: str | os.PathLike, path: str | os.PathLike) -> None:
@@ -67,7 +67,36 @@ def atomic_copy(source: str | os.PathLike, path: str | os.PathLike) -> None:
     def copy(handle: BinaryIO) -> None:
         with open(source, "rb") as src:
             shutil.copyfileobj(src, handle, 16 << 20)
-    _atomic_write(path, copy)
+    atomic_write(path, copy)
+
+
+def cannot_read(err: OSError, what: str = "") -> UserError:
+    """The one-line error for a file or folder that cannot be read (e.g. no permission)."""
+    where = err.filename if err.filename is not None else "a file"
+    return UserError(f"{what}{': ' if what else ''}cannot read {where}: {err.strerror or err}")
+
+
+def list_folder(folder: str | os.PathLike, what: str = "") -> list[Path]:
+    """The entries of `folder`, sorted; a folder that cannot be read is a `UserError` naming it and `what`."""
+    try:
+        return sorted(Path(folder).iterdir())
+    except OSError as err:
+        raise cannot_read(err, what) from None
+
+
+def refuse_inputs(path: str | os.PathLike, what: str, inputs: Iterable[str | os.PathLike]) -> None:
+    """`UserError` when the output `path` is one of `inputs` (the same file, also through a link): writing it
+    would destroy what is read."""
+    if not os.path.exists(path):
+        return
+    for source in inputs:
+        try:
+            same = os.path.samefile(path, source)
+        except OSError:
+            continue
+        if same:
+            raise UserError(f"{what} {path} is the input {source}: writing it would replace that input; "
+                            "choose another file name")
 
 
 def ensure_writable_folder(folder: str | os.PathLike, what: str) -> Path:

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from common.errors import UserError
+from common.files import cannot_read
 from dataloaders.image_io import image_size, load_rgb
 from dataloaders.ref_cache import CacheEntry, ReferenceCache
 from dataloaders.sampling import fit_patch_size, fitted_size, independent_patches, paired_patches, to_uint8_tensor
@@ -82,6 +83,14 @@ class IQADataset(torch.utils.data.Dataset):
         """
         raise NotImplementedError
 
+    @classmethod
+    def read_index_checked(cls, root: Path) -> tuple[list[Sample], int]:
+        """`read_index`, with a file or folder that cannot be read (permissions) a `UserError` naming it."""
+        try:
+            return cls.read_index(Path(root))
+        except OSError as err:
+            raise cannot_read(err, cls.name) from None
+
     # ---- helpers for the hooks -------------------------------------------------------------------
     @classmethod
     def layout_error(cls, root: Path, problem: str) -> UserError:
@@ -128,7 +137,7 @@ class IQADataset(torch.utils.data.Dataset):
         self.patch_size, self.patch_num = patch_size, patch_num
         self.seed, self.repeats, self.upscale = seed, repeats, upscale
         self.ref_paths = [Path(p) for p in ref_paths] if ref_paths else []
-        entries, self.num_contents = self.read_index(self.root)
+        entries, self.num_contents = self.read_index_checked(self.root)
         conflicts = [d for d in duplicate_labels(entries) if d["conflicting"]]
         if conflicts:  # which label would be meant is unknown: `python -m dataloaders check` calls it NOT usable
             shown = "\n".join(duplicate_line(d) for d in conflicts[:10])
@@ -160,7 +169,10 @@ class IQADataset(torch.utils.data.Dataset):
             if e.hq_path is not None and self.mode != "lq":
                 needed[e.hq_path] = None
         needed.update(dict.fromkeys(ref_paths))
-        return [p for p in needed if not p.is_file()]
+        try:
+            return [p for p in needed if not p.is_file()]
+        except OSError as err:  # a folder that cannot be searched
+            raise cannot_read(err, self.name) from None
 
     # ---- sampling ---------------------------------------------------------------------------------
     def __len__(self) -> int:

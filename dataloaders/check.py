@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import UserError
+from common.files import cannot_read
 from dataloaders.base import duplicate_labels, duplicate_line
 from dataloaders.image_io import image_size, list_reference_images, load_rgb
 from dataloaders.loaders import dataset_class
@@ -21,13 +22,16 @@ def _inspect_images(paths: list[Path], patch_size: int, decode: bool, check_size
     for n, path in enumerate(paths, start=1):
         if progress and n % 500 == 0:
             print(f"  checked {n}/{len(paths)} files", file=sys.stderr)
-        if not path.is_file():
-            report["missing"].append(str(path))
-            continue
         try:
+            if not path.is_file():
+                report["missing"].append(str(path))
+                continue
             size = load_rgb(path).size if decode else image_size(path)
         except UserError as err:
             report["unreadable"].append({"path": str(path), "error": str(err)})
+            continue
+        except OSError as err:  # its folder cannot be searched
+            report["unreadable"].append({"path": str(path), "error": str(cannot_read(err))})
             continue
         sizes[path] = size
         if check_size and min(size) < patch_size:
@@ -60,7 +64,7 @@ def check_dataset(name: str, root: str | os.PathLike, ref_root: str | os.PathLik
         "usable": False,
     }
     try:
-        samples, num_contents = cls.read_index(Path(root))
+        samples, num_contents = cls.read_index_checked(Path(root))
     except UserError as err:
         report["error"] = str(err)
         samples, num_contents = [], 0

@@ -150,7 +150,7 @@ def train_and_evaluate(args: argparse.Namespace, run: Run, role: Role,
 def check_within_split(name: str, root: str | os.PathLike, seed: int, train_ratio: float = 0.8) -> int:
     """The number of contents of dataset `name` (within-dataset protocol), checked before any training: its
     split must leave at least one content for training and one for testing (`UserError` with the numbers)."""
-    total = dataset_class(name).read_index(Path(root))[1]
+    total = dataset_class(name).read_index_checked(Path(root))[1]
     train_ids, test_ids = split_contents(total, train_ratio, seed=seed) if total else ([], [])
     if not train_ids or not test_ids:
         raise UserError(f"--train_dataset = --test_dataset {name} (within-dataset protocol): its {total} "
