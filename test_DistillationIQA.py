@@ -19,6 +19,7 @@ from common.files import ensure_writable_folder, write_csv, write_json
 from common.log import get_logger
 from dataloaders import REFERENCE_KEY, dataset_class
 from option_train_DistillationIQA import set_test_args
+from tools import run_folder
 from tools.data import build_test_sets, data_options
 from tools.epoch import evaluate, images_per_s
 from tools.networks import build_network, training_set_of
@@ -124,8 +125,7 @@ def setup_test_run(args: argparse.Namespace) -> Run:
     """The run of the test script: the options file and its log (log/test_log.txt) in --checkpoint_dir
     (rank 0), after `check_test_inputs`."""
     def write_options(info) -> None:
-        if info.rank == 0:
-            check_test_inputs(args)
+        run_folder.on_main(info, lambda: check_test_inputs(args))  # every rank stops on rank 0's error
         check_args(args, rank=info.rank)
 
     return setup_run(**{**run_options(args), "log_file": os.path.join(args.log_checkpoint_dir, TEST_LOG)},
