@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-import models.DistillationIQA as network
 from common.errors import UserError
+from models import DistillationIQA as network  # noqa: N813
 from tools import demo
 
 
