@@ -1,4 +1,4 @@
-"""`make demo`: the whole method on real photographs, offline, on a 2-core CPU, in fp32 in about 10-11 minutes.
+"""`make demo`: the whole method on real photographs, on a 2-core CPU, offline if need be, in fp32 in ~10 minutes.
 
 1. builds the demo data (tools/demo_data.py): KADID-format training set, TID2013-format held-out content,
    DIV2K-style reference pools of many views of the other photos — all from the photos scikit-image ships;
@@ -10,7 +10,7 @@
    students' HQ-LQ difference features w/ and w/o KD (--tsne, --tsne_compare);
 5. scores one held-out photo at every distortion level (test_DistillationIQA_single.py --figure);
 6. writes demo_output/results.json (teacher, student, student_no_kd, settings) and prints a table and the time of
-   each step.
+   each step, then a command that scores an image with the KD student (STUDENT_CHECKPOINT).
 
 Settings (DEMO_NETWORK, DEMO_TRAINING, DEMO_STUDENT and the epoch defaults below): patch 80, 2 patches per
 sample, batch 8, heads at lr 1e-3 (--lr 1e-4 --lr_ratio 10), KD --feature_loss_ratio 1e-5, teacher 3 epochs,
@@ -242,7 +242,7 @@ def synthetic_examples(data: Path, out: Path, content: int = 1) -> list[str]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Offline CVRKD-IQA demo on scikit-image's photos.")
+    parser = argparse.ArgumentParser(description="CVRKD-IQA demo on scikit-image's photos (offline if need be).")
     parser.add_argument("--data", default="demo_data", help="where the demo dataset is built")
     parser.add_argument("--out", default="demo_output", help="where checkpoints, plots and results go")
     parser.add_argument("--teacher_epochs", type=int, default=DEFAULT_TEACHER_EPOCHS)
@@ -250,7 +250,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test_rounds", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the crops and the initialisation")
     parser.add_argument("--amp", choices=["auto", "off", "bf16"], default="auto",
-                        help="training precision: auto = bf16 only where measured faster (see README), off = fp32")
+                        help="training precision: auto = bf16 only where measured faster (docs/demo.md), off = fp32")
     return parser
 
 
