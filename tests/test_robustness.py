@@ -134,12 +134,14 @@ def test_single_script_checks_the_figure_before_scoring(tmp_path):
     refs = make_ref_pool(tmp_path / "refs", n=1)
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    base = ["--studentNet_model_path", str(tmp_path / "missing.pth"), "--lq", str(photos), "--ref", str(refs[0])]
+    not_a_checkpoint = tmp_path / "student.pth"
+    not_a_checkpoint.write_text("x")  # read only after the outputs were checked
+    base = ["--studentNet_model_path", str(not_a_checkpoint), "--lq", str(photos), "--ref", str(refs[0])]
     for figure, message in ((photos, f"--figure {photos} is a folder, expected a file name"),
                             (a_file / "fig.png", f"--figure {a_file / 'fig.png'}: the folder {a_file} is a file"),
                             (photo, f"--figure {photo} is the input {photo}: writing it would replace that input")):
         args = student_options.set_single_args([*base, "--figure", str(figure)])
-        with pytest.raises(UserError) as err:  # not the missing checkpoint: checked before it is read
+        with pytest.raises(UserError) as err:  # not about the checkpoint: checked before it is read
             test_DistillationIQA_single.main(args)
         assert one_line(err).startswith(message)
     link = tmp_path / "link.png"
@@ -271,8 +273,12 @@ def test_unreadable_folders_are_one_line(tmp_path):
     write_image(locked / "a.png")
     images = kadid / "images"
 
+    checkpoint = tmp_path / "student.pth"
+    checkpoint.write_text("x")  # read after the images were listed
+
     def single(*argv: str):
-        return test_DistillationIQA_single.main(student_options.set_single_args([*argv, "--gpu_ids", "cpu"]))
+        return test_DistillationIQA_single.main(student_options.set_single_args(
+            [*argv, "--gpu_ids", "cpu", "--studentNet_model_path", str(checkpoint)]))
 
     cases = {
         "probe": lambda: os.listdir(locked),
