@@ -133,17 +133,12 @@ def setup_test_run(args: argparse.Namespace) -> Run:
 
 
 def check_test_inputs(args: argparse.Namespace) -> None:
-    """Everything the run reads and writes, checked before any evaluation: the checkpoints, at least one test
-    dataset on disk, and the output folders and files."""
+    """Everything the run reads and writes, checked before any evaluation: the checkpoints, the output folders
+    and files, and at least one test dataset on disk."""
     for option in ("studentNet_model_path", "teacherNet_model_path", "tsne_compare"):
         path = getattr(args, option)
         if path and not os.path.isfile(path):
             raise UserError(f"--{option}: checkpoint not found: {path}")
-    names = [args.test_dataset] if args.test_dataset else args.test_datasets
-    if not any(os.path.exists(args.dataset_paths[name]) for name in names):
-        looked = ", ".join(f"{name} at {args.dataset_paths[name]}" for name in names) or "none given"
-        raise UserError(f"no test dataset found (looked for {looked}): set --dataset_dir or --<name>_path, "
-                        "or --test_datasets")
     if args.tsne:
         from tools.visuals import require_tsne
 
@@ -157,6 +152,11 @@ def check_test_inputs(args: argparse.Namespace) -> None:
         if os.path.isdir(os.path.join(args.result_checkpoint_dir, name)):
             raise UserError(f"--checkpoint_dir: {os.path.join(args.result_checkpoint_dir, name)} is a folder, "
                             "where the results file is written")
+    names = [args.test_dataset] if args.test_dataset else args.test_datasets
+    if not any(os.path.exists(args.dataset_paths[name]) for name in names):
+        looked = ", ".join(f"{name} at {args.dataset_paths[name]}" for name in names) or "none given"
+        raise UserError(f"no test dataset found (looked for {looked}): set --dataset_dir or --<name>_path, "
+                        "or --test_datasets")
 
 
 def main(args: argparse.Namespace) -> dict:
