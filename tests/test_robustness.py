@@ -359,12 +359,12 @@ def test_fitted_plcc_is_bit_identical_on_repeat(example, repeats):
     if example == "logistic":  # a well-posed fit
         pred = rng.normal(size=60)
         labels = 3 / (1 + np.exp(-2 * pred)) + rng.normal(scale=0.2, size=60)
-    buffer = np.empty(80)
+    raw = bytearray(60 * 8 + 16)
     results = set()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the degenerate fit's note (see the next test)
-        for i in range(repeats):  # the same values at different memory offsets
-            view = buffer[i % 9:i % 9 + 60]
+        for i in range(repeats):  # the same values at other memory offsets (aligned or not)
+            view = np.ndarray((60,), np.float64, buffer=raw, offset=i % 16)
             view[:] = pred
             m = compute_metrics(view, labels.copy())
             results.add((m["plcc"], m["rmse"], m["fit_note"]))
