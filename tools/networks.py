@@ -4,6 +4,7 @@ and what a checkpoint says about its training set."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -54,11 +55,16 @@ def load_frozen_teacher(path: str | os.PathLike | None, device: torch.device, *,
 def training_set_of(path: str | os.PathLike, default: str) -> tuple[str, str]:
     """(training set, where that was read) of a checkpoint: its stored options (this project's files), else
     `default` (--train_dataset; the authors' released files were trained on kadid10k)."""
-    checkpoint = safe_torch_load(path)
-    stored = checkpoint.get("args") if isinstance(checkpoint, dict) else None
-    if isinstance(stored, dict) and stored.get("train_dataset") in DATASET_NAMES:
+    return training_set_in(safe_torch_load(path), default, "--train_dataset")
+
+
+def training_set_in(checkpoint: object, default: str, option: str = "train_dataset") -> tuple[str, str]:
+    """(training set, where that was read) of an already loaded checkpoint; `default` (given as `option`) when
+    it stores no options."""
+    stored = checkpoint.get("args") if isinstance(checkpoint, Mapping) else None
+    if isinstance(stored, Mapping) and stored.get("train_dataset") in DATASET_NAMES:
         return stored["train_dataset"], "the checkpoint's options"
-    return default, "--train_dataset (the checkpoint stores no options)"
+    return default, f"{option} (the checkpoint stores no options)"
 
 
 def check_student_training_set(train_dataset: str) -> None:
