@@ -136,8 +136,9 @@ class IQAScorer:
             train_dataset = training_set_in(loaded, train_dataset)[0]
             net = DistillationIQANet.from_checkpoint(loaded, name=str(checkpoint), self_patch_num=self_patch_num)
         self.train_dataset, self.lower_better = train_dataset, lower_is_better(train_dataset)
-        net.eval().requires_grad_(False)  # frozen: a loss's backward() leaves no gradient on the network
+        net.eval()
         fold_batchnorm(net.feature_extractor)
+        net.eval().requires_grad_(False)  # frozen (the folded layers are new modules): a loss leaves it untouched
         self.net = net.to(self.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = self.net.to(memory_format=self.memory_format)
