@@ -121,11 +121,13 @@ def test_gradient_ascent_improves_and_leaves_the_network_untouched(scorer):
 
 
 def test_bf16_autocast_gives_float32_scores_and_finite_gradients(scorer):
-    x = uint8_images(1, PATCH, PATCH + 3, seed=6).requires_grad_(True)
+    x = uint8_images(1, PATCH, PATCH, seed=6).requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         scores = scorer(x)
     scores.sum().backward()
     assert scores.dtype == torch.float32 and bool(torch.isfinite(scores).all())
+    with torch.no_grad():
+        assert not torch.equal(scores.detach(), scorer(x))  # the network really ran in bf16 (one crop position)
     assert bool(torch.isfinite(x.grad).all()) and float(x.grad.abs().sum()) > 0
 
 
