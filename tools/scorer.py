@@ -26,6 +26,7 @@ from dataloaders.image_io import IMAGE_EXTENSIONS, is_image_file
 from dataloaders.sampling import fit_patch_size, independent_patches, to_model_input, to_uint8_tensor
 from models.DistillationIQA import DistillationIQANet
 from tools.checkpoint import load_model_checkpoint
+from tools.networks import set_memory_format
 
 ImageInput = str | os.PathLike | Image.Image | torch.Tensor
 
@@ -101,9 +102,7 @@ class IQAScorer:
             net = DistillationIQANet.from_checkpoint(loaded, name=str(checkpoint), self_patch_num=self_patch_num)
         net.eval()
         fold_batchnorm(net.feature_extractor)
-        self.net = net.to(self.device)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.net = self.net.to(memory_format=self.memory_format)
+        self.net = set_memory_format(net.to(self.device), channels_last)
         self.self_patch_num = self.net.self_patch_num
         self.reference_names, self.reference_patches = self._reference_crops(references)
         self._ref_codes = [self._encode(patches) for patches in self.reference_patches]
