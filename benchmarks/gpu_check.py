@@ -159,7 +159,7 @@ def torchrun(script: str, options: list[str]) -> list[str]:
 
 def section_b(section: Section, data: Path, work: Path, sizes: Sizes, cuda: bool, dry: bool) -> None:
     gpu_ids = "0" if cuda else "cpu"
-    base = script_options(data, sizes, gpu_ids)
+    base = script_options(data, sizes, gpu_ids) + (["--num_workers", "0"] if dry else [])  # dry: no worker start
     teacher_dir, student_dir = work / "b_teacher", work / "b_student"
     epochs = ["--epochs", str(sizes.epochs)]
     more = ["--epochs", str(sizes.epochs + 1), "--resume"]
