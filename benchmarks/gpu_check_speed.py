@@ -77,7 +77,7 @@ def section_c(section, sizes, device: torch.device, dry: bool) -> None:
     def diff(pred: torch.Tensor) -> float:
         return float((pred.double() - reference.double()).abs().max())
 
-    section.measure("cpu_bf16_vs_fp32_max_abs_diff", lambda: diff(_predict_batch(net, lq, ref, cpu,
+    section.measure("cpu_bf16_vs_cpu_fp32_max_abs_diff", lambda: diff(_predict_batch(net, lq, ref, cpu,
                                                                                       torch.bfloat16)))
     if device.type != "cuda":
         for key in ("cuda_fp32_vs_cpu_max_abs_diff", "cuda_tf32_vs_cpu_max_abs_diff", "cuda_fp16_vs_cpu_max_abs_diff",
@@ -166,7 +166,7 @@ def section_e(section, data: Path, sizes, device: torch.device) -> None:
         return scores, len(images) / (time.perf_counter() - start)
 
     cpu_scores, cpu_rate = score(torch.device("cpu"), None)
-    section.values["fp32_images_per_s"] = cpu_rate
+    section.values["cpu_fp32_images_per_s"] = cpu_rate
     for name, dtype in (("fp32", None), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
         if device.type != "cuda":
             section.values[f"cuda_{name}_max_abs_diff_vs_cpu"] = NOT_ON_CPU
