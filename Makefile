@@ -1,5 +1,5 @@
 # make test   - create .venv if missing, install the requirements, run the test suite (what CI runs)
-# make demo   - the offline end-to-end demo (teacher -> student with KD -> test -> single image)
+# make demo   - the end-to-end demo, offline if need be (teacher -> student with KD -> test -> single image)
 # make lint   - ruff
 # make gpu-check [ARGS=--dry-run] - measure a GPU run (benchmarks/gpu_check.py): gpu_check.json + .md in $OUT or ./gpu_check
 PYTHON ?= python3
