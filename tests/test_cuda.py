@@ -16,7 +16,6 @@ import torch
 
 from common.files import atomic_torch_save
 from models.DistillationIQA import DistillationIQANet
-from tools import checkpoint as ckpt
 from tools.dataset_fixtures import write_image
 from tools.epoch import train_one_epoch
 from tools.runtime import Run

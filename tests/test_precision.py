@@ -74,11 +74,11 @@ class FakeCuda:
 
     def __init__(self, monkeypatch, count: int) -> None:
         self.count, self.set = count, {}
-        for module in (torch.cuda, torch.cuda.random):
+        for module in (torch.cuda, torch.cuda.random):  # the latter: what get/set_rng_state_all call
             monkeypatch.setattr(module, "get_rng_state", self.get_rng_state)
             monkeypatch.setattr(module, "set_rng_state", self.set_rng_state)
+            monkeypatch.setattr(module, "device_count", lambda: count)
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
         monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
 
     def _index(self, device) -> int:
