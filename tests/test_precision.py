@@ -22,6 +22,15 @@ from tools.dataset_fixtures import make_tid2013
 from tools.training_state import RunRecord, TrainingState, resume_scaler
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is as fast, and much faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def net() -> DistillationIQANet:
     torch.manual_seed(0)
@@ -201,7 +210,8 @@ def test_the_score_is_fp32_under_bf16_autocast(small_net):
 
 # ---- evaluation of a bf16 training run is fp32 ---------------------------------------------------------
 def test_bf16_training_evaluates_every_epoch_in_fp32(tmp_path, monkeypatch):
-    """--amp bf16 reaches the training epochs; the per-epoch evaluation's forward passes run without autocast.
+    """--amp bf16 reaches the training epochs (and the checkpoint); the per-epoch evaluation's forward passes
+    run without autocast.
     (The test script's fp32 under --amp bf16 is tested in test_faithful.py.)"""
     make_tid2013(tmp_path / "TID2013", n_refs=5, n_levels=1)
     trained, evaluated = [], []
@@ -218,7 +228,8 @@ def test_bf16_training_evaluates_every_epoch_in_fp32(tmp_path, monkeypatch):
 
     monkeypatch.setattr(engine, "train_one_epoch", training_epoch)
     monkeypatch.setattr(DistillationIQANet, "forward", spy)
-    monkeypatch.setattr(engine.files, "atomic_torch_save", lambda *a, **k: None)
+    written = []
+    monkeypatch.setattr(engine.files, "atomic_torch_save", lambda state, *paths: written.append(state))
     args = teacher_options.set_args(
         ["--train_dataset", "tid2013", "--test_dataset", "tid2013", "--train_test_num", "1", "--epochs", "1",
          "--patch_size", "8", "--self_patch_num", "2", "--distillation_layer", "4", "--pretrained", "false",
@@ -227,6 +238,7 @@ def test_bf16_training_evaluates_every_epoch_in_fp32(tmp_path, monkeypatch):
     train_DistillationIQA_FR.main(args)
     assert trained == [torch.bfloat16]
     assert evaluated and set(evaluated) == {False}
+    assert [state["precision"] for state in written] == ["bf16"]  # the resolved precision, in the checkpoint
 
 
 # ---- the oldest torch --------------------------------------------------------------------------------------
