@@ -26,8 +26,22 @@ from dataloaders.image_io import IMAGE_EXTENSIONS, is_image_file
 from dataloaders.sampling import fit_patch_size, independent_patches, to_model_input, to_uint8_tensor
 from models.DistillationIQA import DistillationIQANet
 from tools.checkpoint import load_model_checkpoint
+from tools.networks import set_memory_format
 
 ImageInput = str | os.PathLike | Image.Image | torch.Tensor
+# Where a student checkpoint comes from (said when none is found). The demo's student is tools/demo.py's
+# `<out>/student/models/last.pth` with its default --out; it was trained with 2 patches (--self_patch_num 2).
+STUDENT_CHECKPOINT_SOURCES = (
+    "get one: the authors' NAR_student_cross_dataset.pth in model_zoo/ (model_zoo/README.md), a trained "
+    "checkpoint_DistillationIQA/models/best.pth, or the demo's demo_output/student/models/last.pth "
+    "(make demo; score with --self_patch_num 2)"
+)
+
+
+def check_student_checkpoint(path: str | os.PathLike) -> None:
+    """One line naming the missing student checkpoint and where one comes from."""
+    if not Path(path).is_file():
+        raise UserError(f"student checkpoint not found: {path}; {STUDENT_CHECKPOINT_SOURCES}")
 
 
 def expand_image_paths(items: Sequence[str | os.PathLike], what: str) -> list[Path]:
@@ -95,15 +109,12 @@ class IQAScorer:
         if isinstance(checkpoint, DistillationIQANet):
             net = copy.deepcopy(checkpoint)  # the caller's network stays as it is
         else:
-            if not Path(checkpoint).is_file():
-                raise UserError(f"student checkpoint not found: {checkpoint}")
+            check_student_checkpoint(checkpoint)
             loaded = load_model_checkpoint(checkpoint, "student checkpoint", "student")
             net = DistillationIQANet.from_checkpoint(loaded, name=str(checkpoint), self_patch_num=self_patch_num)
         net.eval()
         fold_batchnorm(net.feature_extractor)
-        self.net = net.to(self.device)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.net = self.net.to(memory_format=self.memory_format)
+        self.net = set_memory_format(net.to(self.device), channels_last)
         self.self_patch_num = self.net.self_patch_num
         self.reference_names, self.reference_patches = self._reference_crops(references)
         self._ref_codes = [self._encode(patches) for patches in self.reference_patches]
