@@ -211,7 +211,8 @@ def _train_round(args: argparse.Namespace, run: Run, role: Role, build_model, tr
     if args.print_netC:
         get_logger().info(str(model))
     state = TrainingState.start(model, run.precision.scaler(), round_index=round_index, lr=args.lr,
-                                lr_ratio=args.lr_ratio, weight_decay=args.weight_decay, resumed=resumed)
+                                lr_ratio=args.lr_ratio, weight_decay=args.weight_decay,
+                                precision=run.precision.name, device=run.device, resumed=resumed)
     net = maybe_compile(_parallel(state.model, run, args.freeze_backbone_bn), args.compile)
     for epoch in range(state.epoch + 1, args.epochs):
         if state.pending is not None:  # trained before its evaluation failed: only the evaluation is left

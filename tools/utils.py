@@ -84,6 +84,11 @@ class Precision:
     dtype: torch.dtype | None
 
     @property
+    def name(self) -> str:
+        """'fp32', 'fp16' or 'bf16': the resolved precision (what a checkpoint records)."""
+        return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
+
+    @property
     def use_scaler(self) -> bool:
         return self.device_type == "cuda" and self.dtype == torch.float16
 
