@@ -7,6 +7,7 @@ Parameter names follow the authors' released checkpoints exactly, so their files
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Mapping
@@ -179,7 +180,8 @@ class MLPMixerEncoder(nn.Module):
 
 
 class Regressor(nn.Module):
-    """Linear(512->256) -> Linear(256->1), no activation in between (as the authors' network).
+    """Linear(512->256) -> Linear(256->1), no activation in between (as the authors' network), run in fp32
+    under autocast.
 
     `bn1` is never applied: it exists only so that the checkpoint's `regressor.bn1.running_*` buffers
     have a place to load into and are written back unchanged.
@@ -192,7 +194,12 @@ class Regressor(nn.Module):
         self.l2 = nn.Linear(hidden, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.l2(self.l1(x)).squeeze(-1)
+        """The score, computed in the weights' precision (fp32) also under autocast: in fp16 a score of the
+        order of 1000 (PIPAL's labels) would be rounded to steps of 1 before the loss and the metrics."""
+        no_autocast = (torch.autocast(x.device.type, enabled=False) if x.device.type in ("cpu", "cuda")
+                       else contextlib.nullcontext())  # e.g. meta tensors: no autocast there
+        with no_autocast:
+            return self.l2(self.l1(x.to(self.l1.weight.dtype))).squeeze(-1)
 
 
 class DistillationIQANet(nn.Module):
