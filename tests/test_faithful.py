@@ -138,7 +138,9 @@ def _autocast_seen(model: nn.Module, run: Run, loader) -> set:
     seen = set()
 
     def hook(module, inputs, output):
-        seen.add((torch.is_autocast_enabled("cpu"), output[2].dtype))
+        # the score head always runs in fp32, so the autocast state says what the network ran in
+        enabled = torch.is_autocast_enabled("cpu")
+        seen.add((enabled, torch.get_autocast_dtype("cpu") if enabled else output[2].dtype))
     handle = model.register_forward_hook(hook)
     try:
         predict(model, loader, run, 0, "hq")
