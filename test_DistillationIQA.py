@@ -112,13 +112,16 @@ def setup_test_run(args: argparse.Namespace) -> Run:
 
 
 def main(args: argparse.Namespace) -> dict:
+    """Evaluate; under torchrun each process evaluates its share of every test set and rank 0 writes."""
+    if args.tsne and "WORLD_SIZE" in os.environ:
+        raise UserError("--tsne is not supported under torchrun: run the script without torchrun for the maps")
     run = setup_test_run(args)
     note_training_amp_in_testing(args.amp, args.eval_amp)
     for option in ("studentNet_model_path", "teacherNet_model_path"):
         path = getattr(args, option)
         if path and not os.path.isfile(path):
             raise UserError(f"--{option}: checkpoint not found: {path}")
-    if args.plot:
+    if args.plot and run.dist.is_main:
         ensure_writable_folder(args.plot, "--plot")  # before any evaluation
     models = [("student", args.studentNet_model_path, "lq_hq_ref")]
     if args.teacherNet_model_path:
@@ -140,7 +143,8 @@ def main(args: argparse.Namespace) -> dict:
                           f"whose labels are {'lower' if higher else 'higher'} is better")
         test_sets = build_test_sets(test_datasets, mode, **data_options(args), batch_size=args.test_batch_size,
                                     repeats=args.test_patch_num, augment_teacher=args.teacher_test_augment,
-                                    ref_folder=args.ref_test_dataset_path, ref_cache=run.ref_cache)
+                                    ref_folder=args.ref_test_dataset_path, ref_cache=run.ref_cache,
+                                    pin_memory=run.pin_memory, shard=run.shard)
         if not test_sets:
             get_logger().warning(f"warning: no test dataset found for the {model_name}")
             continue
@@ -150,11 +154,11 @@ def main(args: argparse.Namespace) -> dict:
         rows += summarize(model_name, per_dataset)
         report[model_name] = {name: {k: float(np.mean([m[k] for m in rounds])) for k in METRICS}
                               for name, rounds in per_dataset.items()}
-        if args.plot:
+        if args.plot and run.dist.is_main:
             write_plots(args.plot, model_name, per_dataset, test_sets)
         if args.tsne and model_name == "student":
             write_tsne(args.tsne, args, run, model, test_sets)
-    if rows:
+    if rows and run.dist.is_main:
         csv_path = os.path.join(args.result_checkpoint_dir, "test_results.csv")
         write_csv(csv_path, rows)
         write_json(os.path.join(args.result_checkpoint_dir, "test_results.json"), report)

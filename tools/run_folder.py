@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from common import files
 from common.errors import UserError
 from tools import checkpoint as ckpt
+from tools import collectives
 from tools.utils import DistInfo
 
 LOCK_NAME = ".run.lock"
@@ -124,15 +124,15 @@ def on_main(info: DistInfo, work: Callable[[], T]) -> T | None:
     """Run `work` on rank 0 only; under torchrun every rank then raises the `UserError` rank 0 raised."""
     if not info.distributed:
         return work()
-    result, message = None, [None]
+    result, message = None, None
     if info.is_main:
         try:
             result = work()
         except UserError as err:
-            message = [str(err)]
-    dist.broadcast_object_list(message, src=0)
-    if message[0] is not None:
-        raise UserError(message[0])
+            message = str(err)
+    message = collectives.broadcast_text(message, info)
+    if message is not None:
+        raise UserError(message)
     return result
 
 
