@@ -22,7 +22,7 @@ from tools.epoch import evaluate, images_per_s
 from tools.networks import build_network, training_set_of
 from tools.options import check_args
 from tools.runtime import Run, run_options, setup_run
-from tools.utils import note_training_amp_in_testing
+from tools.utils import cleanup_distributed, note_training_amp_in_testing
 
 METRICS = ("srcc", "plcc", "krcc")
 
@@ -116,6 +116,14 @@ def main(args: argparse.Namespace) -> dict:
     if args.tsne and "WORLD_SIZE" in os.environ:
         raise UserError("--tsne is not supported under torchrun: run the script without torchrun for the maps")
     run = setup_test_run(args)
+    try:
+        return evaluate_models(args, run)
+    finally:
+        cleanup_distributed()
+
+
+def evaluate_models(args: argparse.Namespace, run: Run) -> dict:
+    """The test run itself: each model on each test set, --test_rounds times; the CSV/JSON and plots (rank 0)."""
     note_training_amp_in_testing(args.amp, args.eval_amp)
     for option in ("studentNet_model_path", "teacherNet_model_path"):
         path = getattr(args, option)

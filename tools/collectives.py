@@ -82,12 +82,13 @@ def broadcast_text(text: str | None, info: DistInfo, src: int = 0) -> str | None
     if not info.distributed:
         return text
     data = b"" if text is None else b"\x01" + text.encode("utf-8")
-    size = sum_across(torch.tensor([len(data) if info.rank == src else 0], dtype=torch.int64), info)
-    payload = torch.zeros(int(size[0]), dtype=torch.uint8)
-    if info.rank == src and data:
-        payload = torch.tensor(list(data), dtype=torch.uint8)
+    size = int(sum_across(torch.tensor([len(data) if info.rank == src else 0], dtype=torch.int64), info)[0])
+    size = len(data) if info.rank == src else size  # (the same number, known locally on `src`)
+    if size == 0:
+        return None
+    payload = torch.tensor(list(data), dtype=torch.uint8) if info.rank == src else torch.zeros(size, dtype=torch.uint8)
     on_device = _to_device(payload, info)
-    if len(payload):
-        dist.broadcast(on_device, src=src)
-    received = bytes(_to_host(on_device).numpy().tobytes())
-    return received[1:].decode("utf-8") if received else None
+    dist.broadcast(on_device, src=src)
+    if info.rank == src:
+        return text
+    return bytes(_to_host(on_device).numpy().tobytes())[1:].decode("utf-8")
