@@ -231,3 +231,14 @@ def test_shared_memory_shortage_is_one_line(monkeypatch):
                                         r"--ref_cache_gb"):
         cache.add([rc.CacheEntry("a", image.shape, lambda: image)], label="refs")
     assert len(cache) == 0 and cache.used_bytes == 0
+
+
+def test_sharded_batches_are_one_process_batches_dealt_out():
+    from dataloaders import ShardedBatchSampler
+
+    shares = [ShardedBatchSampler(7, 2, rank, 3) for rank in range(3)]
+    for share in shares:
+        share.set_epoch(5)
+    assert [list(s) for s in shares] == [[[(0, 5), (1, 5)], [(6, 5)]], [[(2, 5), (3, 5)]], [[(4, 5), (5, 5)]]]
+    assert [len(s) for s in shares] == [2, 1, 1]
+    assert list(ShardedBatchSampler(0, 2, 1, 2)) == []  # an empty share: nothing, not a padded repeat

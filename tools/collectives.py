@@ -55,6 +55,7 @@ def gather_1d(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if not info.distributed:
         return values.clone()
     lengths = gather_lengths(len(values), info)
+    lengths[info.rank] = len(values)  # (the same number, known locally)
     longest = max(lengths)
     padded = torch.zeros(longest, dtype=values.dtype)
     padded[:len(values)] = values
