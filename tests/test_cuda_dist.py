@@ -38,3 +38,19 @@ def test_two_nccl_processes_collectives_and_sharded_evaluation(tmp_path):
     """The 2-process check of tests/test_collectives.py under NCCL on two GPUs: the collectives' values, and the
     sharded evaluation equal to one process's within fp32 rounding (two GPUs need not round alike)."""
     check_two_processes(run_two_processes(tmp_path, "nccl"), exact=False)
+
+
+@pytest.mark.cuda
+def test_torchrun_one_process_teacher_epoch_on_a_gpu(tmp_path):
+    """The run that used to stop at the end of epoch 0 ("No backend type associated with device type cpu"): a
+    CUDA torchrun teacher run of one process, trained, evaluated (sharded) and saved."""
+    from tests.test_end_to_end import SMALL, run_script
+    from tools.dataset_fixtures import make_tid2013
+
+    make_tid2013(tmp_path / "dataset" / "TID2013", n_refs=2)
+    options = [*SMALL, "--gpu_ids", "0", "--batch_size", "4", "--epochs", "1", "--test_datasets", "tid2013",
+               "--checkpoint_dir", "gpu_run", "--train_dataset", "tid2013"]
+    result = run_script("train_DistillationIQA_FR.py", *options, cwd=tmp_path,
+                        launcher=["-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29519"])
+    assert "device cuda:0" in result.stdout and "world size 1" in result.stdout
+    assert (tmp_path / "gpu_run" / "models" / "last.pth").is_file()
