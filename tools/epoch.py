@@ -151,8 +151,8 @@ def predict(model: nn.Module, loader, run: Run, epoch: int, ref_key: str) -> tup
     pred, order = _predict_share(model, loader, run, epoch, ref_key)
     pred = collectives.gather_array(pred, run.dist)
     order = collectives.gather_array(order, run.dist)
-    by_index = np.argsort(order, kind="stable")
-    pred, order = pred[by_index], order[by_index]
+    order, first = np.unique(order, return_index=True)  # dataset order; a sample predicted twice counts once
+    pred = pred[first]
     samples = loader.dataset.samples
     per_image: dict[Path, list[float]] = {}
     label_of: dict[Path, float] = {}
