@@ -15,8 +15,15 @@ from common.errors import UserError, run_cli
 from dataloaders import DEFAULT_DIRS
 from option_train_DistillationIQA import set_single_args
 from tools.checkpoint import check_scores_path, write_scores
-from tools.scorer import IQAScorer, expand_image_paths
-from tools.utils import note_training_amp_in_testing, resolve_precision, seed_everything, select_device, use_device
+from tools.scorer import IQAScorer, check_student_checkpoint, expand_image_paths
+from tools.utils import (
+    configure_cuda,
+    note_training_amp_in_testing,
+    resolve_precision,
+    seed_everything,
+    select_device,
+    use_device,
+)
 
 
 def figure_rows(items: list[str], scores: dict[str, float]) -> list[tuple[str, list[tuple[Path, str]]]]:
@@ -33,8 +40,10 @@ def figure_rows(items: list[str], scores: dict[str, float]) -> list[tuple[str, l
 
 def main(args: argparse.Namespace) -> list[dict]:
     seed_everything(args.seed)
+    configure_cuda(args.deterministic)
     device = select_device(args.gpu_ids)
     use_device(device)
+    check_student_checkpoint(args.studentNet_model_path)  # first: says where a checkpoint comes from
     if args.output:
         check_scores_path(args.output)  # before any scoring
     lq_paths = expand_image_paths(args.lq, "--lq")

@@ -32,8 +32,12 @@ class UserError(Exception):
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Run a command-line entry point; a `UserError` ends it with its message and exit status 2."""
+    """Run a command-line entry point (after checking the torch version); a `UserError` ends it with its message
+    and exit status 2."""
+    from common.versions import check_torch_version  # common.versions imports this module
+
     try:
+        check_torch_version()
         main()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -60,6 +60,16 @@ def _crop_origin(rng: np.random.Generator, shape: tuple[int, ...], s: int) -> tu
     return int(rng.integers(0, shape[0] - s + 1)), int(rng.integers(0, shape[1] - s + 1))
 
 
+def crop_origins(rng: np.random.Generator, shape: tuple[int, ...], patch_size: int,
+                 count: int) -> list[tuple[int, int]]:
+    """`count` random (top, left) of patch_size crops inside an array of shape (H, W, ...).
+
+    The same draws as `independent_patches` without flip or rotation, so a generator in the same state gives the
+    same crops (the differentiable scorer crops tensors at these origins).
+    """
+    return [_crop_origin(rng, shape, patch_size) for _ in range(count)]
+
+
 def paired_patches(lq: np.ndarray, hq: np.ndarray, rng: np.random.Generator, patch_size: int,
                    patch_num: int, augment: bool) -> tuple[np.ndarray, np.ndarray]:
     """`patch_num` crops at the same position in LQ and HQ (arrays H x W x 3, same shape).

@@ -7,6 +7,7 @@ Parameter names follow the authors' released checkpoints exactly, so their files
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Mapping
@@ -56,6 +57,20 @@ def imagenet_weights_cache_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
+def download_imagenet_weights(timeout_s: float = 30) -> dict[str, Tensor]:
+    """Download torchvision's ImageNet ResNet-50 weights (`IMAGENET1K_V1`, what the original used) into its
+    cache and return them. The connection and each read wait at most `timeout_s` seconds; any failure (offline,
+    timeout, SSL, a damaged file) is a `UserError` saying "downloading them failed (<error>)"."""
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)  # never hang on a network that drops packets
+    try:
+        return ResNet50_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+    except Exception as err:  # offline: URLError, timeouts, SSL errors ...
+        raise UserError(f"downloading them failed ({type(err).__name__}: {err})") from None
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+
+
 def load_backbone_weights(backbone: ResNet50Backbone, pretrained: bool | str | os.PathLike) -> None:
     """Fill the backbone: `False` leaves it random, `True` takes torchvision's ImageNet weights, a path a file."""
     if pretrained is False or pretrained is None:
@@ -65,18 +80,14 @@ def load_backbone_weights(backbone: ResNet50Backbone, pretrained: bool | str | o
         if cache.is_file():
             state = torch.load(cache, map_location="cpu", weights_only=True)
         else:
-            previous_timeout = socket.getdefaulttimeout()
-            socket.setdefaulttimeout(30)  # never hang on a network that drops packets
             try:
-                state = ResNet50_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
-            except Exception as err:  # offline: URLError, timeouts, SSL errors ...
+                state = download_imagenet_weights()
+            except UserError as err:
                 raise UserError(
                     f"cannot get the ImageNet ResNet-50 weights: they are not in torchvision's cache ({cache}) "
-                    f"and downloading them failed ({type(err).__name__}: {err}). Put the file there, pass a "
-                    "local file with --pretrained PATH, or use --pretrained false for a random backbone."
+                    f"and {err}. Put the file there, pass a local file with --pretrained PATH, or use "
+                    "--pretrained false for a random backbone."
                 ) from None
-            finally:
-                socket.setdefaulttimeout(previous_timeout)
     else:
         path = Path(pretrained)
         expected = "expected a torchvision ResNet-50 state dict"
@@ -169,7 +180,8 @@ class MLPMixerEncoder(nn.Module):
 
 
 class Regressor(nn.Module):
-    """Linear(512->256) -> Linear(256->1), no activation in between (as the authors' network).
+    """Linear(512->256) -> Linear(256->1), no activation in between (as the authors' network), run in fp32
+    under autocast.
 
     `bn1` is never applied: it exists only so that the checkpoint's `regressor.bn1.running_*` buffers
     have a place to load into and are written back unchanged.
@@ -182,7 +194,12 @@ class Regressor(nn.Module):
         self.l2 = nn.Linear(hidden, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.l2(self.l1(x)).squeeze(-1)
+        """The score, computed in the weights' precision (fp32) also under autocast: in fp16 a score of the
+        order of 1000 (PIPAL's labels) would be rounded to steps of 1 before the loss and the metrics."""
+        no_autocast = (torch.autocast(x.device.type, enabled=False) if x.device.type in ("cpu", "cuda")
+                       else contextlib.nullcontext())  # e.g. meta tensors: no autocast there
+        with no_autocast:
+            return self.l2(self.l1(x.to(self.l1.weight.dtype))).squeeze(-1)
 
 
 class DistillationIQANet(nn.Module):

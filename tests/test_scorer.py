@@ -122,3 +122,21 @@ def test_bad_inputs_are_named(net, images, tmp_path):
         IQAScorer(tmp_path / "none.pth", refs)
     with pytest.raises(UserError, match="no reference images"):
         IQAScorer(net, [], patch_size=32)
+
+
+def test_missing_default_checkpoint_says_where_one_comes_from(tmp_path, monkeypatch, capsys):
+    """A fresh clone without the authors' file: the single-image script's first and only line says where a
+    student checkpoint comes from (before it looks for references), exit status 2."""
+    import test_DistillationIQA_single
+    from common.errors import run_cli
+    from option_train_DistillationIQA import set_single_args
+
+    monkeypatch.chdir(tmp_path)
+    write_image(tmp_path / "photo.png", (64, 64))
+    with pytest.raises(SystemExit) as exited:
+        run_cli(lambda: test_DistillationIQA_single.main(set_single_args(["--lq", "photo.png"])))
+    assert exited.value.code == 2
+    line, = capsys.readouterr().err.strip().splitlines()
+    assert "student checkpoint not found: ./model_zoo/NAR_student_cross_dataset.pth" in line
+    for source in ("model_zoo/", "models/best.pth", "demo_output/student/models/last.pth"):
+        assert source in line

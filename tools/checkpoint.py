@@ -51,8 +51,10 @@ def serializable_options(values: Mapping) -> dict:
 
 
 # ---- RNG state --------------------------------------------------------------------------------------
-def rng_state() -> dict:
-    """Every RNG state the training touches, in a form `torch.load(weights_only=True)` accepts."""
+def rng_state(device: torch.device | None = None) -> dict:
+    """Every RNG state the training touches, in a form `torch.load(weights_only=True)` accepts: Python's,
+    NumPy's, the CPU generator's and, for a CUDA `device`, that GPU's generator (only the run's own GPU: a
+    resume may see another number of GPUs)."""
     np_state = np.random.get_state()
     version, internal, gauss = random.getstate()
     state = {
@@ -61,20 +63,49 @@ def rng_state() -> dict:
                   "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: Mapping) -> None:
+def set_rng_state(state: Mapping, device: torch.device | None = None) -> list[str]:
+    """Restore `rng_state`'s states; the CUDA generator's onto `device` when it is a GPU. Older checkpoints hold a
+    list of every visible GPU's state: the entry of `device`'s index is used when there is one. Returns the log
+    lines of what could not be restored."""
     python = state["python"]
     random.setstate((python["version"], tuple(python["internal"]), python["gauss"]))
     numpy = state["numpy"]
     np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
                          numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda")
+    if device is None or device.type != "cuda" or saved is None:
+        return []
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if isinstance(saved, (list, tuple)):  # written before only the run's own GPU was saved
+        if index >= len(saved):
+            return [f"resume: the checkpoint holds no CUDA RNG state for GPU {index} (it saved {len(saved)}): "
+                    "that GPU's generator keeps its seed"]
+        saved = saved[index]
+    torch.cuda.set_rng_state(saved, device)
+    return []
+
+
+def to_cpu(value: object) -> object:
+    """`value` (tensors in dicts, lists and tuples, as state dicts and optimiser states are) with every tensor on
+    the CPU, so that a plain `torch.load` works on a machine without a GPU. CPU tensors are not copied."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):  # dicts and OrderedDicts (state dicts keep their `_metadata`)
+        moved = type(value)((k, to_cpu(v)) for k, v in value.items())
+        if hasattr(value, "_metadata"):
+            moved._metadata = value._metadata
+        return moved
+    if isinstance(value, list):
+        return [to_cpu(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(to_cpu(v) for v in value)
+    return value
 
 
 def load_training_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:

@@ -1,4 +1,4 @@
-"""`make demo`: the whole method on real photographs, offline, on a 2-core CPU, in fp32 in about 10-11 minutes.
+"""`make demo`: the whole method on real photographs, on a 2-core CPU, offline if need be, in fp32 in ~10 minutes.
 
 1. builds the demo data (tools/demo_data.py): KADID-format training set, TID2013-format held-out content,
    DIV2K-style reference pools of many views of the other photos — all from the photos scikit-image ships;
@@ -10,14 +10,15 @@
    students' HQ-LQ difference features w/ and w/o KD (--tsne, --tsne_compare);
 5. scores one held-out photo at every distortion level (test_DistillationIQA_single.py --figure);
 6. writes demo_output/results.json (teacher, student, student_no_kd, settings) and prints a table and the time of
-   each step.
+   each step, then a command that scores an image with the KD student (STUDENT_CHECKPOINT).
 
 Settings (DEMO_NETWORK, DEMO_TRAINING, DEMO_STUDENT and the epoch defaults below): patch 80, 2 patches per
 sample, batch 8, heads at lr 1e-3 (--lr 1e-4 --lr_ratio 10), KD --feature_loss_ratio 1e-5, teacher 3 epochs,
 students 2 epochs, 1 test round; the checkpoints used are the last epoch's (nothing is chosen on the held-out
-content). Without ImageNet weights in
-torchvision's cache the backbone is random and frozen, and its BatchNorm is kept in eval mode
-(--freeze_backbone_bn), without which it cannot learn.
+content). The backbone is torchvision's ImageNet ResNet-50, as in the original, when it is in torchvision's cache
+or downloads within IMAGENET_TIMEOUT_S; offline it is random and frozen, and its BatchNorm is kept in eval mode
+(--freeze_backbone_bn), without which it cannot learn. The output and results.json (settings.backbone_source) say
+which.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -58,18 +60,54 @@ DEMO_STUDENT = ["--feature_loss_ratio", "1e-5"]
 DEMO_STUDENT_NO_KD = ["--feature_loss_ratio", "0"]
 DEFAULT_TEACHER_EPOCHS = 3
 DEFAULT_STUDENT_EPOCHS = 2
+IMAGENET_TIMEOUT_S = 30  # the wait for the ImageNet weights' connection and each read
+STUDENT_CHECKPOINT = Path("student") / "models" / "last.pth"  # under --out: the KD student the demo leaves
+# Offline (random backbone), what the run can and cannot show; printed as its last lines.
+RANDOM_BACKBONE_NOTE = (
+    "This run used a random frozen backbone (no ImageNet weights offline). It shows the whole method running and the "
+    "FR-teacher learning: quality is in the aligned HQ - LQ difference even of random features. It cannot show the "
+    "student ranking quality on unseen content: that needs ImageNet features, which this run did not have.")
 
 
-def imagenet_weights_available() -> bool:
-    from models.DistillationIQA import imagenet_weights_cache_path
+def choose_backbone(timeout_s: float = IMAGENET_TIMEOUT_S) -> tuple[str, str]:
+    """--pretrained for the scripts and where the backbone comes from: ImageNet weights from torchvision's cache,
+    else downloaded (as the original did), else a random frozen backbone (offline)."""
+    from models.DistillationIQA import download_imagenet_weights, imagenet_weights_cache_path
 
-    return imagenet_weights_cache_path().is_file()
+    if imagenet_weights_cache_path().is_file():
+        return "true", "imagenet (torchvision's cache)"
+    try:
+        download_imagenet_weights(timeout_s)
+    except UserError as err:
+        return "false", f"random (frozen, BN eval mode): no ImageNet weights in torchvision's cache and {err}"
+    return "true", "imagenet (downloaded)"
+
+
+def repeated_options(args: list[str]) -> list[str]:
+    """The options (`--name`) given more than once in `args`."""
+    names = [arg for arg in args if arg.startswith("--")]
+    return sorted({name for name in names if names.count(name) > 1})
+
+
+def command_line(script: str, args: list[str]) -> str:
+    """The command as a user would type it (quoted for a POSIX shell)."""
+    return shlex.join(["python", script, *args])
+
+
+def single_image_command(out: Path, data: Path) -> str:
+    """Score one held-out image with the demo's KD student: a command that works after the demo."""
+    return command_line("test_DistillationIQA_single.py", [
+        "--studentNet_model_path", str(out / STUDENT_CHECKPOINT), *DEMO_NETWORK[:4],
+        "--lq", str(data / "TID2013" / "distorted_images" / "i01_08_3.bmp"),
+        "--ref", str(data / "DIV2K_ref" / "val_HR")])
 
 
 def run_step(title: str, script: str, args: list[str], log_dir: Path, log_name: str | None = None) -> float:
     """Run one of the project's scripts as a user would; its output goes to a log file."""
+    if repeated_options(args):
+        raise ValueError(f"demo step {title!r} repeats {repeated_options(args)}")
     cmd = [sys.executable, script, *args]
-    print(f"\n== {title}\n   $ python {script} {' '.join(args)}", flush=True)
+    print(f"\n== {title}\n   $ {command_line(script, args)}", flush=True)
     start = time.perf_counter()
     log_path = log_dir / f"{log_name or Path(script).stem}.log"
     with open(log_path, "w") as log:
@@ -204,7 +242,7 @@ def synthetic_examples(data: Path, out: Path, content: int = 1) -> list[str]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Offline CVRKD-IQA demo on scikit-image's photos.")
+    parser = argparse.ArgumentParser(description="CVRKD-IQA demo on scikit-image's photos (offline if need be).")
     parser.add_argument("--data", default="demo_data", help="where the demo dataset is built")
     parser.add_argument("--out", default="demo_output", help="where checkpoints, plots and results go")
     parser.add_argument("--teacher_epochs", type=int, default=DEFAULT_TEACHER_EPOCHS)
@@ -212,12 +250,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test_rounds", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the crops and the initialisation")
     parser.add_argument("--amp", choices=["auto", "off", "bf16"], default="auto",
-                        help="training precision: auto = bf16 only where measured faster (see README), off = fp32")
+                        help="training precision: auto = bf16 only where measured faster (docs/demo.md), off = fp32")
     return parser
 
 
-def build_data(data: Path, seed: int) -> str:
-    """Step 1: the demo dataset; returns --pretrained for the scripts (ImageNet weights only from the cache)."""
+def build_data(data: Path, seed: int) -> tuple[str, str]:
+    """Step 1: the demo dataset and the backbone; returns --pretrained for the scripts and the backbone's source."""
     from tools.demo_data import LABEL_RULE, build_demo_dataset
 
     print("== demo data: real photographs shipped with scikit-image, distorted KADID-style")
@@ -227,11 +265,9 @@ def build_data(data: Path, seed: int) -> str:
     print(f"   reference pools: {len(summary['ref_train'])} training, {len(summary['ref_test'])} testing views "
           "of the other photos")
     print(f"   label rule: {LABEL_RULE.splitlines()[0]}")
-    if imagenet_weights_available():
-        print("   backbone: ImageNet ResNet-50 weights from torchvision's cache")
-        return "true"
-    print("   backbone: no ImageNet weights in torchvision's cache -> frozen random ResNet-50 (offline demo)")
-    return "false"
+    pretrained, source = choose_backbone()
+    print(f"   backbone: {source}")
+    return pretrained, source
 
 
 def train_models(args: argparse.Namespace, out: Path, training: list[str], times: dict[str, float]) -> dict:
@@ -250,7 +286,7 @@ def train_models(args: argparse.Namespace, out: Path, training: list[str], times
             [*training, *options, "--epochs", str(args.student_epochs), "--checkpoint_dir", str(out / name),
              "--teacherNet_model_path", str(teacher_ckpt), "--studentNet_model_path", str(student_init)], logs,
             log_name=name)
-        checkpoints[name] = out / name / "models" / "last.pth"
+        checkpoints[name] = out / STUDENT_CHECKPOINT if name == "student" else out / name / "models" / "last.pth"
     return checkpoints
 
 
@@ -282,11 +318,12 @@ def evaluate_models(args: argparse.Namespace, out: Path, data: Path, common: lis
             "student_no_kd": tested_no_kd["student"]["tid2013"]}
 
 
-def demo_settings(args: argparse.Namespace, pretrained: str, amp: str, why: str) -> dict:
+def demo_settings(args: argparse.Namespace, pretrained: str, source: str, amp: str, why: str) -> dict:
     """The `settings` entry of results.json."""
     from tools.demo_data import LABEL_RULE
 
     return {"backbone": "imagenet" if pretrained == "true" else "random (frozen, BN eval mode)",
+            "backbone_source": source,
             "seed": args.seed, "precision": amp, "precision_reason": why,
             "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
             "test_rounds": args.test_rounds, "checkpoints": "last epoch (no choice on held-out data)",
@@ -296,7 +333,7 @@ def demo_settings(args: argparse.Namespace, pretrained: str, amp: str, why: str)
             "label_rule": LABEL_RULE}
 
 
-def print_summary(results: dict, times: dict[str, float], out: Path, total: float) -> None:
+def print_summary(results: dict, times: dict[str, float], out: Path, data: Path, total: float) -> None:
     print("\n== held-out content (TID2013-format), mean over test rounds")
     print(f"   {'model':<14} {'SRCC':>7} {'PLCC':>7} {'KRCC':>7}")
     for role in ("teacher", "student", "student_no_kd"):
@@ -305,6 +342,9 @@ def print_summary(results: dict, times: dict[str, float], out: Path, total: floa
     print("\n== time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
     print(f"   results: {out / 'results.json'}; figures: {out / 'plots'}; total {total:.0f} s "
           f"(goal: within {TIME_GOAL_S} s in fp32 on 2 CPU cores)")
+    print(f"\n== score an image with the KD student:\n   {single_image_command(out, data)}")
+    if results["settings"]["backbone"] != "imagenet":
+        print(f"\n{RANDOM_BACKBONE_NOTE}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -317,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     times: dict[str, float] = {}
     tick = time.perf_counter()
-    pretrained = build_data(data, args.seed)
+    pretrained, source = build_data(data, args.seed)
     times["data"] = time.perf_counter() - tick
     tick = time.perf_counter()
     amp, why = choose_precision(args.amp)
@@ -325,16 +365,16 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"   precision for training: {why}; evaluation in fp32")
 
     common = [*DEMO_NETWORK, "--dataset_dir", str(data), "--pretrained", pretrained, "--seed", str(args.seed),
-              "--test_datasets", "tid2013", "--gpu_ids", "cpu"]
+              "--gpu_ids", "cpu"]
     # The training runs evaluate on no test set (--test_datasets ""): the demo uses their last epoch and tests it
     # once afterwards, which saves a held-out evaluation per epoch (~80 s of the 10 minutes).
     models = train_models(args, out, [*common, "--test_datasets", "", *DEMO_TRAINING, "--amp", amp], times)
-    results = evaluate_models(args, out, data, common, models, times)
+    results = evaluate_models(args, out, data, [*common, "--test_datasets", "tid2013"], models, times)
     total = time.perf_counter() - start
-    results["settings"] = demo_settings(args, pretrained, amp, why)
+    results["settings"] = demo_settings(args, pretrained, source, amp, why)
     results["settings"]["seconds"] = {**{k: round(v, 1) for k, v in times.items()}, "total": round(total, 1)}
     write_json(out / "results.json", results)
-    print_summary(results, times, out, total)
+    print_summary(results, times, out, data, total)
     return results
 
 

@@ -30,6 +30,7 @@ from tools.epoch import (
     train_one_epoch,
 )
 from tools.metrics import quality_sum
+from tools.networks import maybe_compile
 from tools.options import check_args
 from tools.runtime import Run, run_options, setup_run
 from tools.training_state import RunRecord, TrainingState
@@ -208,8 +209,9 @@ def _train_round(args: argparse.Namespace, run: Run, role: Role, build_model, tr
     if args.print_netC:
         get_logger().info(str(model))
     state = TrainingState.start(model, run.precision.scaler(), round_index=round_index, lr=args.lr,
-                                lr_ratio=args.lr_ratio, weight_decay=args.weight_decay, resumed=resumed)
-    net = _parallel(state.model, run, args.freeze_backbone_bn)
+                                lr_ratio=args.lr_ratio, weight_decay=args.weight_decay,
+                                precision=run.precision.name, device=run.device, resumed=resumed)
+    net = maybe_compile(_parallel(state.model, run, args.freeze_backbone_bn), args.compile)
     for epoch in range(state.epoch + 1, args.epochs):
         if state.pending is not None:  # trained before its evaluation failed: only the evaluation is left
             stats, state.pending = state.pending, None
@@ -239,7 +241,7 @@ def _train_epoch(args: argparse.Namespace, run: Run, role: Role, net: nn.Module,
     try:
         stats = train_one_epoch(net, train_loader, state.optimizer, state.scaler, run, epoch, kd=role.kd,
                                 net_print=args.net_print)
-        if not all(bool(torch.isfinite(p).all()) for p in state.model.trainable_parameters()):
+        if not bool(torch.stack([torch.isfinite(p).all() for p in state.model.trainable_parameters()]).all()):
             raise NonFiniteLossError(f"the weights became NaN or infinite in epoch {epoch}")
     except NonFiniteLossError as err:
         raise NonFiniteLossError(f"training stopped: {err} (try a lower --lr); nothing of this epoch was saved, "

@@ -84,37 +84,62 @@ def _training_loss(model: nn.Module, batch: dict, run: Run, kd: Distillation | N
     return loss, pred, label, feature_loss
 
 
+LOSS_READ_EVERY = 50  # training steps between two reads of the losses from the device (host synchronisations)
+
+
+def _read_losses(pending: list[Tensor], first_step: int, epoch: int) -> list[list[float]]:
+    """The losses of the steps since the last read ([loss] or [loss, KD feature loss] per step), in one transfer
+    from the device; a NaN or infinite loss stops the run, naming its iteration."""
+    rows = torch.stack(pending).cpu().tolist() if pending else []
+    pending.clear()
+    for offset, row in enumerate(rows):
+        if not math.isfinite(row[0]):
+            raise NonFiniteLossError(f"the loss is {row[0]} at epoch {epoch}, iteration {first_step + offset}")
+    return rows
+
+
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                     run: Run, epoch: int, *, kd: Distillation | None = None, net_print: int = 2000) -> dict:
     """One pass over `loader`. Without `kd`: the FR-teacher (LQ vs aligned HQ). With it: the student (LQ vs
     non-aligned reference) plus the KD loss. Returns loss, train SRCC, samples/s and the share of time spent
-    waiting for data (and the mean KD feature loss for the student)."""
+    waiting for data (and the mean KD feature loss for the student).
+
+    The losses and predictions stay on the device: the host reads them every `LOSS_READ_EVERY` steps (and at
+    the `net_print` log lines), so the device is not made to wait each step. An enabled fp16 GradScaler still
+    synchronises each step (it checks the gradients for infinities before the optimiser step)."""
     model.train()
     set_loader_epoch(loader, epoch)
     losses, feature_losses, preds, labels = [], [], [], []
+    pending: list[Tensor] = []
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=None if run.dist.is_main else True, leave=False)
     data_time, start = 0.0, time.perf_counter()
-    tick = start
+    tick, read_from = start, 1
     for step, batch in enumerate(bar, start=1):
         data_time += time.perf_counter() - tick
-        loss, pred, label, feature_loss = _training_loss(model, batch, run, kd)
+        loss, pred, _, feature_loss = _training_loss(model, batch, run, kd)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
-            raise NonFiniteLossError(f"the loss is {losses[-1]} at epoch {epoch}, iteration {step}")
-        if feature_loss is not None:
-            feature_losses.append(feature_loss.item())
-        preds.append(pred.detach().float().cpu())
-        labels.append(label.cpu())
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        pending.append(torch.stack([loss.detach().float(), feature_loss.detach().float()])
+                       if feature_loss is not None else loss.detach().float().reshape(1))
+        preds.append(pred.detach().float())
+        labels.append(torch.as_tensor(batch["label"]).float())
+        if step % LOSS_READ_EVERY == 0 or step % net_print == 0:
+            rows = _read_losses(pending, read_from, epoch)
+            read_from = step + 1
+            losses += [r[0] for r in rows]
+            feature_losses += [r[1] for r in rows if len(r) > 1]
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if step % net_print == 0:
             get_logger().info(f"epoch {epoch} iter {step}: loss {np.mean(losses[-net_print:]):.4f}")
-        tick = time.perf_counter()  # loss.item() above waited for the device
-    elapsed = time.perf_counter() - start
-    pred_all, label_all = _gather(preds, run.dist), _gather(labels, run.dist)
+        tick = time.perf_counter()
+    rows = _read_losses(pending, read_from, epoch)
+    losses += [r[0] for r in rows]
+    feature_losses += [r[1] for r in rows if len(r) > 1]
+    local_preds = torch.cat(preds).cpu() if preds else torch.zeros(0)
+    elapsed = time.perf_counter() - start  # after the reads above, which waited for the device
+    pred_all, label_all = _gather([local_preds], run.dist), _gather(labels, run.dist)
     result = {"loss": collectives.mean_across(losses, run.dist),
               "train_srcc": compute_metrics(pred_all, label_all, fit=False)["srcc"] if len(pred_all) > 1
               else float("nan"),
@@ -170,14 +195,14 @@ def _predict_share(model: nn.Module, loader, run: Run, epoch: int, ref_key: str)
     model.eval()
     set_loader_epoch(loader, epoch)
     precision = run.evaluation_precision()
-    preds, indices = [torch.zeros(0)], [torch.zeros(0, dtype=torch.int64)]
+    preds, indices = [], []
     failure = None
     try:
         for batch in loader:
             lq, ref = to_model_input(batch["lq"], run.device), to_model_input(batch[ref_key], run.device)
             with precision.autocast():
                 _, _, pred = model(lq, ref)
-            preds.append(pred.float().cpu().reshape(-1))
+            preds.append(pred.float().reshape(-1))  # read from the device once, after the last batch
             indices.append(torch.as_tensor(batch["index"], dtype=torch.int64).reshape(-1))
     except Exception as err:  # re-raised below, after telling the other ranks
         failure = err
@@ -185,7 +210,9 @@ def _predict_share(model: nn.Module, loader, run: Run, epoch: int, ref_key: str)
         if failure is not None:
             raise failure
         raise UserError("evaluation failed in another process of this torchrun (its error is in its output)")
-    return torch.cat(preds).numpy().astype(np.float64), torch.cat(indices).numpy()
+    pred = torch.cat(preds).cpu() if preds else torch.zeros(0)  # an empty share: a rank with no batch
+    order = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.int64)
+    return pred.numpy().astype(np.float64), order.numpy()
 
 
 def evaluate(model: nn.Module, test_sets: Sequence[TestSet], run: Run, epoch: int, ref_key: str,

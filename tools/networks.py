@@ -4,15 +4,35 @@ and what a checkpoint says about its training set."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from common.errors import UserError
 from common.files import safe_torch_load
 from dataloaders import DATASET_NAMES, dataset_class
 from models.DistillationIQA import DistillationIQANet
 from tools import checkpoint as ckpt
+
+
+def set_memory_format(module: nn.Module, channels_last: bool) -> nn.Module:
+    """`module` with its 4-D weights in channels-last (NHWC) or contiguous (NCHW) memory; the network's patch
+    encoder follows the backbone's format with its inputs. Channels-last is what cuDNN's fastest fp16/bf16
+    convolutions (tensor cores) read; results are the same up to the summation order."""
+    return module.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def prefers_channels_last(device: torch.device) -> bool:
+    """Whether networks on `device` run channels-last: on CUDA, yes; on the CPU they keep the contiguous format
+    (the CPU results stay those of the contiguous network)."""
+    return device.type == "cuda"
+
+
+def maybe_compile(module: nn.Module, enabled: bool) -> nn.Module:
+    """`torch.compile(module)` with `enabled` (--compile), else `module` itself."""
+    return torch.compile(module) if enabled else module
 
 
 def build_network(device: torch.device, *, self_patch_num: int, distillation_layer: int,
@@ -23,7 +43,7 @@ def build_network(device: torch.device, *, self_patch_num: int, distillation_lay
 
     With a checkpoint the backbone is not fetched separately (`pretrained` is ignored: the checkpoint holds it).
     With `role` ('teacher' or 'student'), a checkpoint of this project recorded as the other role is refused,
-    naming `option`.
+    naming `option`. On CUDA the network is channels-last.
     """
     sizes = {"self_patch_num": self_patch_num, "distillation_layer": distillation_layer,
              "backbone_bn_eval": backbone_bn_eval}
@@ -32,7 +52,7 @@ def build_network(device: torch.device, *, self_patch_num: int, distillation_lay
         model = DistillationIQANet.from_checkpoint(loaded, name=f"{option} {weights}", **sizes)
     else:
         model = DistillationIQANet(pretrained=pretrained, **sizes)
-    return model.to(device)
+    return set_memory_format(model.to(device), prefers_channels_last(device))
 
 
 def load_frozen_teacher(path: str | os.PathLike | None, device: torch.device, *, self_patch_num: int,
@@ -54,11 +74,16 @@ def load_frozen_teacher(path: str | os.PathLike | None, device: torch.device, *,
 def training_set_of(path: str | os.PathLike, default: str) -> tuple[str, str]:
     """(training set, where that was read) of a checkpoint: its stored options (this project's files), else
     `default` (--train_dataset; the authors' released files were trained on kadid10k)."""
-    checkpoint = safe_torch_load(path)
-    stored = checkpoint.get("args") if isinstance(checkpoint, dict) else None
-    if isinstance(stored, dict) and stored.get("train_dataset") in DATASET_NAMES:
+    return training_set_in(safe_torch_load(path), default, "--train_dataset")
+
+
+def training_set_in(checkpoint: object, default: str, option: str = "train_dataset") -> tuple[str, str]:
+    """(training set, where that was read) of an already loaded checkpoint; `default` (given as `option`) when
+    it stores no options."""
+    stored = checkpoint.get("args") if isinstance(checkpoint, Mapping) else None
+    if isinstance(stored, Mapping) and stored.get("train_dataset") in DATASET_NAMES:
         return stored["train_dataset"], "the checkpoint's options"
-    return default, "--train_dataset (the checkpoint stores no options)"
+    return default, f"{option} (the checkpoint stores no options)"
 
 
 def check_student_training_set(train_dataset: str) -> None:

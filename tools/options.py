@@ -42,6 +42,16 @@ def pretrained_value(value: str) -> bool | str:
     return value
 
 
+def auto_or_int(value: str) -> str | int:
+    """`auto` or a whole number (`--num_workers`, `--test_batch_size`); `finalize_args` resolves `auto`."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number, got {value!r}") from None
+
+
 def dataset_list(value: str) -> list[str]:
     """`--test_datasets a,b`: the known dataset names of a comma list (an unknown one is an error)."""
     names = [v.strip() for v in value.split(",") if v.strip()]
@@ -102,8 +112,9 @@ AMP = option("--amp", choices=["auto", "off", "fp16", "bf16"], default="auto",
 DATASET_DIR = option("--dataset_dir", type=str, default="./dataset",
                      help="folder holding the datasets in their default sub-folders")
 TEST_PATCH_NUM = option("--test_patch_num", type=int, default=1, help="number of sample patches from testing image")
-TEST_BATCH_SIZE = option("--test_batch_size", type=int, default=8,
-                         help="images per batch at evaluation (scores do not depend on it)")
+TEST_BATCH_SIZE = option("--test_batch_size", type=auto_or_int, default="auto",
+                         help="images per batch at evaluation (scores do not depend on it); "
+                              "auto = 32 on CUDA, 8 on the CPU")
 UPSCALE = option("--upscale_small_images", action="store_true",
                  help="upscale images smaller than the patch size instead of refusing them")
 USE_FITTING = option("--use_fitting_prcc_srcc", type=str2bool, default=True,
@@ -138,7 +149,10 @@ def add_training_group(parser: argparse.ArgumentParser, *, checkpoint_dir: str, 
         option("--freeze_backbone_bn", action="store_true",
                help="keep the backbone's BatchNorm in eval mode while training (not in the original; "
                     "helps a randomly initialised backbone)"),
-        DISTILLATION_LAYER, AMP, SETTING_FILE, option("--checkpoint_dir", type=str, default=checkpoint_dir),
+        DISTILLATION_LAYER, AMP,
+        option("--compile", action="store_true",
+               help="compile the training network with torch.compile (first steps slower while it compiles)"),
+        SETTING_FILE, option("--checkpoint_dir", type=str, default=checkpoint_dir),
         option("--resume", nargs="?", const="last", default=None, metavar="PATH",
                help="continue from <checkpoint_dir>/models/last.pth (or the given checkpoint)"),
         option("--overwrite", action="store_true",
@@ -209,7 +223,12 @@ def add_runtime_group(parser: argparse.ArgumentParser, *, torchrun: bool = True)
         option("--gpu_ids", type=str, default="0",
                help="GPU id to use; 'cpu', '-1' or '' selects the CPU (also used when no GPU exists)"),
         option("--seed", type=int, default=0, help="seed of every random choice (crops, references, init)"),
-        option("--num_workers", type=int, default=4, help="data-loading worker processes"),
+        option("--num_workers", type=auto_or_int, default="auto",
+               help="data-loading worker processes of each process; auto = the CPUs available divided by the "
+                    "processes on this machine (torchrun's LOCAL_WORLD_SIZE), minus one, at most 16"),
+        option("--deterministic", action="store_true",
+               help="bit-exact CUDA runs: cuDNN deterministic kernels and no autotuning, deterministic "
+                    "algorithms, CUBLAS_WORKSPACE_CONFIG=:4096:8 (slower; CPU runs are exact without it)"),
         option("--eval_amp", choices=["off", "auto", "fp16", "bf16"], default="off",
                help="mixed precision of evaluation: off = fp32, as the original evaluated (default); "
                     "auto = fp16 on CUDA, off on CPU; bf16 also works on CPU"),
@@ -292,6 +311,7 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
         args.result_checkpoint_dir = os.path.join(args.checkpoint_dir, "results")
         args.log_checkpoint_dir = os.path.join(args.checkpoint_dir, "log")
         args.setting_file = os.path.join(args.checkpoint_dir, os.path.basename(args.setting_file))
+    _resolve_auto(args)
     for option in ("self_patch_num", "patch_size", "batch_size", "epochs", "train_test_num", "update_opt_epoch",
                    "test_patch_num", "train_patch_num", "test_batch_size", "net_print", "test_rounds", "repeats",
                    "distillation_layer"):
@@ -315,6 +335,16 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     if getattr(args, "use_refHQ", True) is False:
         raise UserError("--use_refHQ false is not supported: the network always compares with a reference")
     return args
+
+
+def _resolve_auto(args: argparse.Namespace) -> None:
+    """`--num_workers auto` and `--test_batch_size auto` become numbers sized to this machine and device."""
+    from tools.utils import default_num_workers, default_test_batch_size  # late import: torch
+
+    if getattr(args, "num_workers", None) == "auto":
+        args.num_workers = default_num_workers()
+    if getattr(args, "test_batch_size", None) == "auto":
+        args.test_batch_size = default_test_batch_size(getattr(args, "gpu_ids", None))
 
 
 def check_args(args: argparse.Namespace, rank: int = 0) -> argparse.Namespace:

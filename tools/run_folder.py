@@ -56,7 +56,7 @@ MAY_CHANGE_OPTIONS = (
     "livec_path", "bid_path", "pipal_path", "ref_train_dataset_path", "ref_test_dataset_path",
     "ref_folder_paths", "teacherNet_model_path", "studentNet_model_path", "pretrained", "checkpoint_dir",
     "model_checkpoint_dir", "result_checkpoint_dir", "log_checkpoint_dir", "setting_file", "resume", "overwrite",
-    "ref_cache_gb", "dist_timeout",
+    "ref_cache_gb", "deterministic", "compile", "dist_timeout",
 )
 _NOT_LOGGED = {"model_checkpoint_dir", "result_checkpoint_dir", "log_checkpoint_dir", "setting_file", "resume",
                "dataset_paths"}  # derived from other options, or the resume option itself

@@ -102,6 +102,11 @@ class Precision:
     dtype: torch.dtype | None
 
     @property
+    def name(self) -> str:
+        """'fp32', 'fp16' or 'bf16': the resolved precision (what a checkpoint records)."""
+        return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
+
+    @property
     def use_scaler(self) -> bool:
         return self.device_type == "cuda" and self.dtype == torch.float16
 
@@ -158,3 +163,72 @@ def note_training_amp_in_testing(amp: str, eval_amp: str) -> None:
     if amp in ("fp16", "bf16") and eval_amp == "off":
         print(f"note: --amp {amp} sets the precision of training; evaluation runs in fp32 "
               f"(ask for mixed precision with --eval_amp {amp})", file=sys.stderr)
+
+
+# ---- CUDA speed and reproducibility settings ----------------------------------------------------------
+CUBLAS_WORKSPACE = ":4096:8"  # what cuBLAS needs for deterministic results (CUBLAS_WORKSPACE_CONFIG)
+
+
+def _has_fp32_precision_api() -> bool:
+    """Whether this torch sets TF32 through the `fp32_precision` flags (2.9 on); it refuses mixing them with the
+    older `allow_tf32` flags, so only one of the two is ever touched."""
+    return hasattr(torch.backends.cuda.matmul, "fp32_precision")
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 for CUDA matmuls and cuDNN convolutions on (faster, ~10-bit mantissa) or off (real fp32)."""
+    if _has_fp32_precision_api():
+        value = "tf32" if enabled else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = value
+        torch.backends.cudnn.conv.fp32_precision = value
+        torch.backends.cudnn.rnn.fp32_precision = value
+    else:  # torch < 2.9
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
+def tf32_flags() -> dict[str, bool]:
+    """Whether TF32 is allowed for CUDA matmuls and for cuDNN convolutions now."""
+    if _has_fp32_precision_api():
+        return {"matmul": torch.backends.cuda.matmul.fp32_precision == "tf32",
+                "cudnn": torch.backends.cudnn.conv.fp32_precision == "tf32"}
+    return {"matmul": bool(torch.backends.cuda.matmul.allow_tf32), "cudnn": bool(torch.backends.cudnn.allow_tf32)}
+
+
+def configure_cuda(deterministic: bool) -> None:
+    """The process-wide CUDA settings of a run: TF32 off (fp32 means fp32, in training with `--amp off` and in
+    evaluation); cuDNN autotuning on, or with `deterministic` (--deterministic) cuDNN's deterministic kernels,
+    PyTorch's deterministic algorithms and the cuBLAS workspace setting that bit-exact GPU runs need.
+    Set on every device (the flags exist without CUDA and change nothing on the CPU)."""
+    set_tf32(False)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic)
+    if deterministic:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+
+
+# ---- defaults sized to the machine ----------------------------------------------------------------------
+MAX_DEFAULT_WORKERS = 16
+CUDA_TEST_BATCH_SIZE, CPU_TEST_BATCH_SIZE = 32, 8
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_num_workers() -> int:
+    """`--num_workers auto`: the CPUs of this process's share of the machine (LOCAL_WORLD_SIZE processes under
+    torchrun), one left for the training loop itself, at most 16."""
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(0, min(MAX_DEFAULT_WORKERS, available_cpus() // local_processes - 1))
+
+
+def default_test_batch_size(gpu_ids: str | None) -> int:
+    """`--test_batch_size auto`: 32 images per batch where the run uses CUDA, 8 on the CPU."""
+    on_cuda = not wants_cpu(gpu_ids) and torch.cuda.is_available()
+    return CUDA_TEST_BATCH_SIZE if on_cuda else CPU_TEST_BATCH_SIZE
