@@ -149,7 +149,8 @@ def build_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
     """Set the epoch of a loader made by build_loader (shuffle order and random crops follow it)."""
-    sampler = loader.batch_sampler if hasattr(loader.batch_sampler, "set_epoch") else loader.sampler
+    batches = getattr(loader, "batch_sampler", None)
+    sampler = batches if hasattr(batches, "set_epoch") else loader.sampler
     if not hasattr(sampler, "set_epoch"):
         raise TypeError("set_loader_epoch needs a loader made by build_loader")
     sampler.set_epoch(epoch)
