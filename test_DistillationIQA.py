@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -17,6 +19,7 @@ from common.files import ensure_writable_folder, write_csv, write_json
 from common.log import get_logger
 from dataloaders import REFERENCE_KEY, dataset_class
 from option_train_DistillationIQA import set_test_args
+from tools import run_folder
 from tools.data import build_test_sets, data_options
 from tools.epoch import evaluate, images_per_s
 from tools.networks import build_network, training_set_of
@@ -25,12 +28,14 @@ from tools.runtime import Run, run_options, setup_run
 from tools.utils import cleanup_distributed, note_training_amp_in_testing
 
 METRICS = ("srcc", "plcc", "krcc")
+RESULT_FILES = ("test_results.csv", "test_results.json")
 
 
 def evaluate_rounds(model, test_sets, run, rounds: int, ref_key: str, fit: bool,
-                    trained_higher_is_better: bool = True) -> dict[str, list[dict]]:
+                    trained_higher_is_better: bool = True,
+                    after_round: Callable[[dict[str, list[dict]]], None] | None = None) -> dict[str, list[dict]]:
     """Metrics per dataset for each round (round r draws its crops and references with epoch r), oriented
-    by the label direction of the model's training set."""
+    by the label direction of the model's training set; `after_round` gets the rounds so far after each."""
     per_dataset: dict[str, list[dict]] = {t.name: [] for t in test_sets}
     for r in range(rounds):
         for name, metrics in evaluate(model, test_sets, run, r, ref_key, fit,
@@ -38,14 +43,26 @@ def evaluate_rounds(model, test_sets, run, rounds: int, ref_key: str, fit: bool,
             per_dataset[name].append(metrics)
             get_logger().info(f"round {r}: {name} SRCC {metrics['srcc']:.4f} PLCC {metrics['plcc']:.4f} "
                               f"KRCC {metrics['krcc']:.4f} ({images_per_s(metrics):.1f} images/s)")
+        if after_round is not None:
+            after_round(per_dataset)
     return per_dataset
+
+
+def round_rows(model_name: str, per_dataset: dict[str, list[dict]]) -> list[dict]:
+    """One CSV row per dataset and round."""
+    return [{"model": model_name, "dataset": name, "round": r, **{k: m[k] for k in METRICS}}
+            for name, rounds in per_dataset.items() for r, m in enumerate(rounds)]
+
+
+def write_rounds_so_far(path: str, done: list[dict], model_name: str, per_dataset: dict[str, list[dict]]) -> None:
+    """The CSV as it stands after a round (the rows `done` before, this model's rounds so far)."""
+    write_csv(path, done + round_rows(model_name, per_dataset))
 
 
 def summarize(model_name: str, per_dataset: dict[str, list[dict]]) -> list[dict]:
     rows = []
     for name, rounds in per_dataset.items():
-        for r, m in enumerate(rounds):
-            rows.append({"model": model_name, "dataset": name, "round": r, **{k: m[k] for k in METRICS}})
+        rows += round_rows(model_name, {name: rounds})
         values = {k: np.array([m[k] for m in rounds]) for k in METRICS}
         rows.append({"model": model_name, "dataset": name, "round": "mean", **{k: v.mean() for k, v in values.items()}})
         rows.append({"model": model_name, "dataset": name, "round": "std", **{k: v.std() for k, v in values.items()}})
@@ -84,8 +101,6 @@ def write_tsne(folder: str, args: argparse.Namespace, run, student, test_sets) -
 
     models = {student_title(args.studentNet_model_path): student}
     if args.tsne_compare:
-        if not os.path.isfile(args.tsne_compare):
-            raise UserError(f"--tsne_compare: checkpoint not found: {args.tsne_compare}")
         other = build_network(run.device, self_patch_num=args.self_patch_num,
                               distillation_layer=args.distillation_layer, weights=args.tsne_compare)
         title = student_title(args.tsne_compare)
@@ -103,12 +118,45 @@ def write_tsne(folder: str, args: argparse.Namespace, run, student, test_sets) -
         get_logger().info(f"t-SNE map written to {path}")
 
 
+TEST_LOG = "test_log.txt"  # the test run's own log: never the training run's log.txt in the same folder
+
+
 def setup_test_run(args: argparse.Namespace) -> Run:
-    """The run of the test script: the options file and log in --checkpoint_dir (rank 0)."""
+    """The run of the test script: the options file and its log (log/test_log.txt) in --checkpoint_dir
+    (rank 0), after `check_test_inputs`."""
     def write_options(info) -> None:
+        run_folder.on_main(info, lambda: check_test_inputs(args))  # every rank stops on rank 0's error
         check_args(args, rank=info.rank)
 
-    return setup_run(**run_options(args), prepare=write_options)
+    return setup_run(**{**run_options(args), "log_file": os.path.join(args.log_checkpoint_dir, TEST_LOG)},
+                     prepare=write_options)
+
+
+def check_test_inputs(args: argparse.Namespace) -> None:
+    """Everything the run reads and writes, checked before any evaluation: the checkpoints, the output folders
+    and files, and at least one test dataset on disk."""
+    for option in ("studentNet_model_path", "teacherNet_model_path", "tsne_compare"):
+        path = getattr(args, option)
+        if path and not os.path.isfile(path):
+            raise UserError(f"--{option}: checkpoint not found: {path}")
+    if args.tsne:
+        from tools.visuals import require_tsne
+
+        require_tsne()
+    for option in ("plot", "tsne"):
+        if getattr(args, option):
+            ensure_writable_folder(getattr(args, option), f"--{option}")
+    ensure_writable_folder(args.result_checkpoint_dir, "--checkpoint_dir")
+    ensure_writable_folder(args.log_checkpoint_dir, "--checkpoint_dir")
+    for name in RESULT_FILES:
+        if os.path.isdir(os.path.join(args.result_checkpoint_dir, name)):
+            raise UserError(f"--checkpoint_dir: {os.path.join(args.result_checkpoint_dir, name)} is a folder, "
+                            "where the results file is written")
+    names = [args.test_dataset] if args.test_dataset else args.test_datasets
+    if not any(os.path.exists(args.dataset_paths[name]) for name in names):
+        looked = ", ".join(f"{name} at {args.dataset_paths[name]}" for name in names) or "none given"
+        raise UserError(f"no test dataset found (looked for {looked}): set --dataset_dir or --<name>_path, "
+                        "or --test_datasets")
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -125,12 +173,6 @@ def main(args: argparse.Namespace) -> dict:
 def evaluate_models(args: argparse.Namespace, run: Run) -> dict:
     """The test run itself: each model on each test set, --test_rounds times; the CSV/JSON and plots (rank 0)."""
     note_training_amp_in_testing(args.amp, args.eval_amp)
-    for option in ("studentNet_model_path", "teacherNet_model_path"):
-        path = getattr(args, option)
-        if path and not os.path.isfile(path):
-            raise UserError(f"--{option}: checkpoint not found: {path}")
-    if args.plot and run.dist.is_main:
-        ensure_writable_folder(args.plot, "--plot")  # before any evaluation
     models = [("student", args.studentNet_model_path, "lq_hq_ref")]
     if args.teacherNet_model_path:
         models.append(("teacher", args.teacherNet_model_path, "lq_hq"))
@@ -142,6 +184,7 @@ def evaluate_models(args: argparse.Namespace, run: Run) -> dict:
         get_logger().info(str(networks["student"]))
     test_datasets = [args.test_dataset] if args.test_dataset else args.test_datasets
     rows, report = [], {}
+    csv_path = os.path.join(args.result_checkpoint_dir, RESULT_FILES[0])
     for model_name, path, mode in models:
         model = networks[model_name]
         trained_on, source = training_set_of(path, args.train_dataset)
@@ -157,8 +200,9 @@ def evaluate_models(args: argparse.Namespace, run: Run) -> dict:
             get_logger().warning(f"warning: no test dataset found for the {model_name}")
             continue
         per_dataset = evaluate_rounds(model, test_sets, run, args.test_rounds, REFERENCE_KEY[mode],
-                                      args.use_fitting_prcc_srcc,
-                                      trained_higher_is_better=higher)
+                                      args.use_fitting_prcc_srcc, trained_higher_is_better=higher,
+                                      after_round=partial(write_rounds_so_far, csv_path, list(rows), model_name)
+                                      if run.dist.is_main else None)
         rows += summarize(model_name, per_dataset)
         report[model_name] = {name: {k: float(np.mean([m[k] for m in rounds])) for k in METRICS}
                               for name, rounds in per_dataset.items()}
@@ -167,9 +211,8 @@ def evaluate_models(args: argparse.Namespace, run: Run) -> dict:
         if args.tsne and model_name == "student":
             write_tsne(args.tsne, args, run, model, test_sets)
     if rows and run.dist.is_main:
-        csv_path = os.path.join(args.result_checkpoint_dir, "test_results.csv")
         write_csv(csv_path, rows)
-        write_json(os.path.join(args.result_checkpoint_dir, "test_results.json"), report)
+        write_json(os.path.join(args.result_checkpoint_dir, RESULT_FILES[1]), report)
         get_logger().info(f"results written to {csv_path}")
     return report
 

@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 from common.errors import UserError, run_cli
+from common.files import refuse_inputs
 from dataloaders import DEFAULT_DIRS
 from option_train_DistillationIQA import set_single_args
-from tools.checkpoint import check_scores_path, write_scores
+from tools.checkpoint import check_figure_path, check_scores_path, write_scores
 from tools.scorer import IQAScorer, check_student_checkpoint, expand_image_paths
 from tools.utils import (
     configure_cuda,
@@ -46,8 +47,16 @@ def main(args: argparse.Namespace) -> list[dict]:
     check_student_checkpoint(args.studentNet_model_path)  # first: says where a checkpoint comes from
     if args.output:
         check_scores_path(args.output)  # before any scoring
+    if args.figure:
+        check_figure_path(args.figure)
     lq_paths = expand_image_paths(args.lq, "--lq")
     refs = expand_image_paths(args.ref or [Path(args.dataset_dir) / DEFAULT_DIRS["ref_test"]], "--ref")
+    inputs = [*lq_paths, *refs, args.studentNet_model_path]
+    for option, path in (("--output", args.output), ("--figure", args.figure)):
+        if path:
+            refuse_inputs(path, option, inputs)
+    if args.output and args.figure and os.path.abspath(args.output) == os.path.abspath(args.figure):
+        raise UserError(f"--output and --figure name the same file {args.figure}: give two file names")
     note_training_amp_in_testing(args.amp, args.eval_amp)
     precision = resolve_precision(args.eval_amp, device)  # fp32 unless --eval_amp asks otherwise
     scorer = IQAScorer(args.studentNet_model_path, refs, self_patch_num=args.self_patch_num,

@@ -42,6 +42,10 @@ def run_cli(main: Callable[[], object]) -> None:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except PermissionError as err:  # a file or folder the user cannot read or write, wherever it is met
+        where = f" {err.filename}" if err.filename is not None else ""
+        print(f"error: permission denied:{where} ({err.strerror or err})", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

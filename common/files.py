@@ -8,10 +8,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,14 +21,30 @@ import torch
 from common.errors import UserError
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Write through a temporary file and a rename; a failure (full disk, read-only folder) is a
-    `UserError` naming the file, and the previous content of `path` stays as it was."""
+    `UserError` naming the file, and the previous content of `path` stays as it was. The file gets the
+    mode a plain `open()` would give it (0o666 less the umask), not mkstemp's 0o600."""
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -42,7 +59,7 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) 
 
 
 def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    _atomic_write(path, lambda handle: handle.write(data))
+    atomic_write(path, lambda handle: handle.write(data))
 
 
 def atomic_copy(source: str | os.PathLike, path: str | os.PathLike) -> None:
@@ -50,7 +67,36 @@ def atomic_copy(source: str | os.PathLike, path: str | os.PathLike) -> None:
     def copy(handle: BinaryIO) -> None:
         with open(source, "rb") as src:
             shutil.copyfileobj(src, handle, 16 << 20)
-    _atomic_write(path, copy)
+    atomic_write(path, copy)
+
+
+def cannot_read(err: OSError, what: str = "") -> UserError:
+    """The one-line error for a file or folder that cannot be read (e.g. no permission)."""
+    where = err.filename if err.filename is not None else "a file"
+    return UserError(f"{what}{': ' if what else ''}cannot read {where}: {err.strerror or err}")
+
+
+def list_folder(folder: str | os.PathLike, what: str = "") -> list[Path]:
+    """The entries of `folder`, sorted; a folder that cannot be read is a `UserError` naming it and `what`."""
+    try:
+        return sorted(Path(folder).iterdir())
+    except OSError as err:
+        raise cannot_read(err, what) from None
+
+
+def refuse_inputs(path: str | os.PathLike, what: str, inputs: Iterable[str | os.PathLike]) -> None:
+    """`UserError` when the output `path` is one of `inputs` (the same file, also through a link): writing it
+    would destroy what is read."""
+    if not os.path.exists(path):
+        return
+    for source in inputs:
+        try:
+            same = os.path.samefile(path, source)
+        except OSError:
+            continue
+        if same:
+            raise UserError(f"{what} {path} is the input {source}: writing it would replace that input; "
+                            "choose another file name")
 
 
 def ensure_writable_folder(folder: str | os.PathLike, what: str) -> Path:
@@ -81,8 +127,20 @@ def atomic_torch_save(obj: object, *paths: str | os.PathLike) -> None:
         _atomic_write_bytes(path, buffer.getvalue())
 
 
+def json_safe(obj: object) -> object:
+    """`obj` with every NaN or infinite float replaced by None (strict JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {key: json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(value) for value in obj]
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: object) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """`obj` as strict JSON (NaN and infinities written as null), atomically."""
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, object]]) -> None:

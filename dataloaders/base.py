@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from common.errors import UserError
+from common.files import cannot_read
 from dataloaders.image_io import image_size, load_rgb
 from dataloaders.ref_cache import CacheEntry, ReferenceCache
 from dataloaders.sampling import fit_patch_size, fitted_size, independent_patches, paired_patches, to_uint8_tensor
@@ -35,6 +36,21 @@ class Sample(NamedTuple):
     hq_path: Path | None
     label: float
     content_id: int
+
+
+def duplicate_labels(samples: Sequence[Sample]) -> list[dict[str, Any]]:
+    """Images listed more than once in the label file(s): path, labels, and whether the labels conflict."""
+    labels: dict[Path, list[float]] = {}
+    for s in samples:
+        labels.setdefault(s.lq_path, []).append(s.label)
+    return [{"path": str(path), "labels": values, "conflicting": len(set(values)) > 1}
+            for path, values in labels.items() if len(values) > 1]
+
+
+def duplicate_line(duplicate: dict[str, Any]) -> str:
+    """One entry of `duplicate_labels` as `python -m dataloaders check` and the runs word it."""
+    kind = "conflicting labels" if duplicate["conflicting"] else "listed twice"
+    return f"  {kind}: {duplicate['path']} ({', '.join(f'{v:g}' for v in duplicate['labels'])})"
 
 
 class IQADataset(torch.utils.data.Dataset):
@@ -66,6 +82,14 @@ class IQADataset(torch.utils.data.Dataset):
         file is (UserError naming it).
         """
         raise NotImplementedError
+
+    @classmethod
+    def read_index_checked(cls, root: Path) -> tuple[list[Sample], int]:
+        """`read_index`, with a file or folder that cannot be read (permissions) a `UserError` naming it."""
+        try:
+            return cls.read_index(Path(root))
+        except OSError as err:
+            raise cannot_read(err, cls.name) from None
 
     # ---- helpers for the hooks -------------------------------------------------------------------
     @classmethod
@@ -113,7 +137,14 @@ class IQADataset(torch.utils.data.Dataset):
         self.patch_size, self.patch_num = patch_size, patch_num
         self.seed, self.repeats, self.upscale = seed, repeats, upscale
         self.ref_paths = [Path(p) for p in ref_paths] if ref_paths else []
-        entries, self.num_contents = self.read_index(self.root)
+        entries, self.num_contents = self.read_index_checked(self.root)
+        conflicts = [d for d in duplicate_labels(entries) if d["conflicting"]]
+        if conflicts:  # which label would be meant is unknown: `python -m dataloaders check` calls it NOT usable
+            shown = "\n".join(duplicate_line(d) for d in conflicts[:10])
+            more = f"\n  ... and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
+            raise UserError(f"{self.name}: {len(conflicts)} image(s) listed more than once with different labels "
+                            f"under {self.root}:\n{shown}{more}\n(run `python -m dataloaders check --dataset "
+                            f"{self.name} --root {self.root}` for a report)")
         if content_ids is not None:
             wanted = {int(c) for c in content_ids}
             bad = sorted(c for c in wanted if not 0 <= c < self.num_contents)
@@ -138,7 +169,10 @@ class IQADataset(torch.utils.data.Dataset):
             if e.hq_path is not None and self.mode != "lq":
                 needed[e.hq_path] = None
         needed.update(dict.fromkeys(ref_paths))
-        return [p for p in needed if not p.is_file()]
+        try:
+            return [p for p in needed if not p.is_file()]
+        except OSError as err:  # a folder that cannot be searched
+            raise cannot_read(err, self.name) from None
 
     # ---- sampling ---------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -171,7 +205,10 @@ class IQADataset(torch.utils.data.Dataset):
         """Decode `reference_images()` into `cache` (as far as its budget allows) and read them from it."""
         entries = []
         for path, resize in self.reference_images():
-            w, h = fitted_size(resize or image_size(path), self.patch_size, self.upscale, path)
+            try:
+                w, h = fitted_size(resize or image_size(path), self.patch_size, self.upscale, path)
+            except UserError:
+                continue  # left to per-sample decoding; the check before training lists every such image
             entries.append(CacheEntry(self._cache_key(path, resize), (h, w, 3), partial(self._decode, path, resize)))
         cache.add(entries, label=f"{self.name} ({'training' if self.train else 'evaluation'}, {self.mode})")
         self.ref_cache = cache

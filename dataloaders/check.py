@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import UserError
+from common.files import cannot_read
+from dataloaders.base import duplicate_labels, duplicate_line
 from dataloaders.image_io import image_size, list_reference_images, load_rgb
 from dataloaders.loaders import dataset_class
 
@@ -20,13 +22,16 @@ def _inspect_images(paths: list[Path], patch_size: int, decode: bool, check_size
     for n, path in enumerate(paths, start=1):
         if progress and n % 500 == 0:
             print(f"  checked {n}/{len(paths)} files", file=sys.stderr)
-        if not path.is_file():
-            report["missing"].append(str(path))
-            continue
         try:
+            if not path.is_file():
+                report["missing"].append(str(path))
+                continue
             size = load_rgb(path).size if decode else image_size(path)
         except UserError as err:
             report["unreadable"].append({"path": str(path), "error": str(err)})
+            continue
+        except OSError as err:  # its folder cannot be searched
+            report["unreadable"].append({"path": str(path), "error": str(cannot_read(err))})
             continue
         sizes[path] = size
         if check_size and min(size) < patch_size:
@@ -40,15 +45,6 @@ def image_problems(paths: list[Path], patch_size: int,
     report: dict[str, Any] = {"missing": [], "unreadable": [], "too_small": [], "patch_size": patch_size}
     sizes = _inspect_images(list(paths), patch_size, False, check_size, report, False)
     return _problem_lines(report), sizes
-
-
-def _duplicates(samples: list) -> list[dict[str, Any]]:
-    """Images listed more than once in the label file(s), with their labels and whether these conflict."""
-    labels: dict[Path, list[float]] = {}
-    for s in samples:
-        labels.setdefault(s.lq_path, []).append(s.label)
-    return [{"path": str(path), "labels": values, "conflicting": len(set(values)) > 1}
-            for path, values in labels.items() if len(values) > 1]
 
 
 def check_dataset(name: str, root: str | os.PathLike, ref_root: str | os.PathLike | None = None, *,
@@ -68,14 +64,14 @@ def check_dataset(name: str, root: str | os.PathLike, ref_root: str | os.PathLik
         "usable": False,
     }
     try:
-        samples, num_contents = cls.read_index(Path(root))
+        samples, num_contents = cls.read_index_checked(Path(root))
     except UserError as err:
         report["error"] = str(err)
         samples, num_contents = [], 0
     if samples:
         labels = [s.label for s in samples]
         report.update(references=num_contents if cls.has_aligned_reference else 0, images=len(samples),
-                      label_min=min(labels), label_max=max(labels), duplicates=_duplicates(samples))
+                      label_min=min(labels), label_max=max(labels), duplicates=duplicate_labels(samples))
         files = list(dict.fromkeys(p for s in samples for p in (s.lq_path, s.hq_path) if p is not None))
         check_size = not upscale and cls.resize_to is None
         sizes = _inspect_images(files, patch_size, decode, check_size, report, progress)
@@ -107,8 +103,7 @@ def _problem_lines(report: dict[str, Any]) -> list[str]:
               for t in report["too_small"]]
     lines += [f"  size mismatch: {m['lq']} vs its reference {m['hq']}"
               for m in report.get("size_mismatch", [])]
-    lines += [f"  {'conflicting labels' if d['conflicting'] else 'listed twice'}: {d['path']} "
-              f"({', '.join(f'{v:g}' for v in d['labels'])})" for d in report.get("duplicates", [])]
+    lines += [duplicate_line(d) for d in report.get("duplicates", [])]
     return lines
 
 

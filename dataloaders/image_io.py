@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from common.errors import UserError
+from common.files import list_folder
 
 # The image files the project reads (folders of references, folders to score), any case.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -90,7 +91,7 @@ def list_reference_images(folder: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         raise UserError(f"reference image folder not found: {folder} (expected a folder of HQ images, "
                         "e.g. DIV2K_ref/train_HR/0001.png ...)")
-    images = sorted(p for p in folder.iterdir() if is_image_file(p))
+    images = [p for p in list_folder(folder, "reference image folder") if is_image_file(p)]
     if not images:
         raise UserError(f"no image (png/jpg/jpeg/bmp/tif) in reference folder {folder}")
     return images

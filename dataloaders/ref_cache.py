@@ -161,7 +161,10 @@ class ReferenceCache:
 
             def fill(item: tuple[CacheEntry, int]) -> bool:
                 entry, offset = item
-                image = entry.load()
+                try:
+                    image = entry.load()
+                except UserError:
+                    return False  # unreadable: left to per-sample decoding, which reports it
                 if image.shape != entry.shape or image.dtype != np.uint8:
                     return False  # not what the header promised: left to per-sample decoding
                 flat[offset:offset + image.size] = image.reshape(-1)

@@ -211,7 +211,7 @@ def test_lock_against_a_live_run_and_a_stale_lock(trained, data, tmp_path):
 
 
 # ---- 3. roles and experiment options -------------------------------------------------------------------
-def test_checkpoints_record_their_role_and_the_wrong_role_is_refused(trained, tmp_path):
+def test_checkpoints_record_their_role_and_the_wrong_role_is_refused(trained, data, tmp_path):
     assert load(trained / "models" / "last.pth")["role"] == "teacher"
     student = tmp_path / "student.pth"
     torch.save({"model": {"w": torch.zeros(1)}, "role": "student"}, student)
@@ -230,7 +230,8 @@ def test_checkpoints_record_their_role_and_the_wrong_role_is_refused(trained, tm
     assert set(load_model_checkpoint(authors, "--teacherNet_model_path", "teacher")) == {"w"}
     # a teacher given as the student to test
     args = student_options.set_test_args([*NET, "--studentNet_model_path", str(trained / "models" / "last.pth"),
-                                          "--checkpoint_dir", str(tmp_path / "t"), "--test_rounds", "1"])
+                                          "--checkpoint_dir", str(tmp_path / "t"), "--test_rounds", "1",
+                                          "--dataset_dir", str(data)])
     with pytest.raises(UserError, match=r"is an FR-teacher checkpoint; a NAR-student checkpoint is needed"):
         test_DistillationIQA.main(args)
 
@@ -446,13 +447,13 @@ def test_script_option_errors_come_before_any_work(tmp_path, trained):
         student_options.set_single_args(["--lq", "a.png", "--seed", "-1"])
     with pytest.raises(UserError, match="--test_rounds must be at least 1, got 0"):
         student_options.set_test_args(["--test_rounds", "0"])
-    missing_checkpoint = ["--studentNet_model_path", str(tmp_path / "none.pth"), "--lq", "a.png"]
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
+    missing_checkpoint = ["--studentNet_model_path", str(a_file), "--lq", "a.png"]  # not a checkpoint either
     for output, message in (("scores.txt", "scores.txt: expected a file name ending in .csv or .json"),
                             (str(a_file / "scores.csv"), f"{a_file / 'scores.csv'}: the folder {a_file} is a file")):
         args = student_options.set_single_args([*missing_checkpoint, "--output", output])
-        with pytest.raises(UserError) as err:  # not about the missing checkpoint: checked before it
+        with pytest.raises(UserError) as err:  # not about the checkpoint: checked before it is read
             test_DistillationIQA_single.main(args)
         assert one_line(err).startswith(f"--output {message}")
     args = student_options.set_test_args([*NET, "--studentNet_model_path", str(a_file), "--plot", str(a_file),

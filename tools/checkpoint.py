@@ -27,6 +27,15 @@ def check_scores_path(path: str | os.PathLike, what: str = "--output") -> Path:
     return path
 
 
+def check_figure_path(path: str | os.PathLike, what: str = "--figure") -> Path:
+    """Check before any work that `path` names a file (not a folder) in a folder that can take it."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder, expected a file name (e.g. {path / 'scores.png'})")
+    ensure_writable_folder(path.parent, f"{what} {path}: the folder")
+    return path
+
+
 def write_scores(path: str | os.PathLike, rows: Sequence[Mapping[str, object]]) -> None:
     """Write rows to `.csv` or `.json` by the file's suffix."""
     if check_scores_path(path).suffix.lower() == ".csv":

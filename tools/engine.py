@@ -8,6 +8,7 @@ import os
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -123,6 +124,7 @@ def train_and_evaluate(args: argparse.Namespace, run: Run, role: Role,
     within = args.train_dataset == args.test_dataset
     rounds = args.train_test_num if within else 1
     train_root = dataset_root(args.dataset_paths, args.train_dataset, "--train_dataset")
+    total = check_within_split(args.train_dataset, train_root, args.seed) if within else 0
     resumed = _load_resume(args, run, role, rounds) if args.resume else None
     record = RunRecord(role.kind, ckpt.serializable_options(vars(args)),
                        run_folder.fingerprint(role.teacher) if role.teacher is not None else None,
@@ -131,7 +133,6 @@ def train_and_evaluate(args: argparse.Namespace, run: Run, role: Role,
     for round_index in range(first, rounds):
         content_ids = (None, None)
         if within:
-            total = dataset_class(args.train_dataset).read_index(train_root)[1]
             content_ids = split_contents(total, 0.8, seed=args.seed + round_index)
         train_loader, test_sets = _round_data(args, run, role, (round_index, rounds), content_ids, within,
                                               check_images=round_index == first)
@@ -144,6 +145,19 @@ def train_and_evaluate(args: argparse.Namespace, run: Run, role: Role,
         files.write_json(os.path.join(args.result_checkpoint_dir, "summary.json"), report)
         get_logger().info(report["text"])
     return report
+
+
+def check_within_split(name: str, root: str | os.PathLike, seed: int, train_ratio: float = 0.8) -> int:
+    """The number of contents of dataset `name` (within-dataset protocol), checked before any training: its
+    split must leave at least one content for training and one for testing (`UserError` with the numbers)."""
+    total = dataset_class(name).read_index_checked(Path(root))[1]
+    train_ids, test_ids = split_contents(total, train_ratio, seed=seed) if total else ([], [])
+    if not train_ids or not test_ids:
+        raise UserError(f"--train_dataset = --test_dataset {name} (within-dataset protocol): its {total} "
+                        f"content(s) split {train_ratio:.0%}/{1 - train_ratio:.0%} into {len(train_ids)} for "
+                        f"training and {len(test_ids)} for testing; each side needs at least one (a dataset of at "
+                        "least 3 contents), or test on another dataset (--test_dataset)")
+    return total
 
 
 def _round_data(args: argparse.Namespace, run: Run, role: Role, round_of: tuple[int, int], content_ids: tuple,
@@ -279,6 +293,9 @@ def _save_epoch(args: argparse.Namespace, role: Role, state: TrainingState, reco
         files.atomic_torch_save(state.checkpoint(record), *(os.path.join(models_dir, name) for name in names))
         files.write_csv(os.path.join(args.result_checkpoint_dir, "metrics.csv"), record.history)
     except UserError as err:
+        if not os.path.isfile(os.path.join(models_dir, "last.pth")):
+            raise UserError(f"{err} (training stopped after epoch {epoch}; no checkpoint could be saved yet, "
+                            f"{models_dir} holds no last.pth: make room and run the same command again)") from None
         raise UserError(f"{err} (training stopped after epoch {epoch}; {models_dir}/last.pth holds the last epoch "
                         "that could be saved: make room and continue with --resume)") from None
 

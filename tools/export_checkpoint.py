@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from common.errors import UserError, run_cli
-from common.files import atomic_torch_save, safe_torch_load
+from common.files import atomic_torch_save, refuse_inputs, safe_torch_load
 from models.DistillationIQA import (
     UNUSED_CHECKPOINT_KEYS,
     DistillationIQANet,
@@ -88,6 +88,7 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[d
         raise UserError(f"checkpoint not found: {src}")
     if dst.is_dir():
         raise UserError(f"{dst} is a folder: give the output file name (e.g. {dst / src.name})")
+    refuse_inputs(dst, "output", [src])
     raw = extract_state_dict(safe_torch_load(src), str(src), keep_unused=True)
     used = {k: v for k, v in raw.items() if k not in UNUSED_CHECKPOINT_KEYS}
     patch_num = checkpoint_patch_num(used) or 10

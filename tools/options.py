@@ -62,8 +62,10 @@ def dataset_list(value: str) -> list[str]:
 
 
 def dataset_name(value: str) -> str:
-    """`--train_dataset` / `--test_dataset`: one known dataset name (the first of a comma list)."""
-    return dataset_list(value)[0] if value else value
+    """`--train_dataset` / `--test_dataset`: one known dataset name (the first of a comma list); "" when the
+    value names none (refused where a dataset is needed: see `finalize_args`)."""
+    names = dataset_list(value)
+    return names[0] if names else ""
 
 
 NO_EFFECT_IN_TESTING = "no effect in testing"
@@ -330,8 +332,11 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
     timeout = getattr(args, "dist_timeout", 1.0)
     if not (math.isfinite(timeout) and timeout > 0):
         raise UserError(f"--dist_timeout must be more than 0 minutes, got {args.dist_timeout}")
-    if (getattr(args, "ref_cache_gb", None) or 0) < 0:
-        raise UserError(f"--ref_cache_gb must be 0 (off) or more, got {args.ref_cache_gb}")
+    cache_gb = getattr(args, "ref_cache_gb", None)
+    if cache_gb is not None and not (math.isfinite(cache_gb) and cache_gb >= 0):
+        raise UserError(f"--ref_cache_gb must be a finite number, 0 (off) or more, got {cache_gb}")
+    if getattr(args, "train_dataset", None) == "":
+        raise UserError(f"--train_dataset: expected a dataset name ({DATASET_HELP}), got none")
     if getattr(args, "use_refHQ", True) is False:
         raise UserError("--use_refHQ false is not supported: the network always compares with a reference")
     return args

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tools.metrics import compute_metrics, fit_logistic, logistic_4
+from tools.visuals import save_figure
 
 
 def scatter_plot(pred: np.ndarray, label: np.ndarray, path: str | os.PathLike, title: str,
@@ -33,10 +34,4 @@ def scatter_plot(pred: np.ndarray, label: np.ndarray, path: str | os.PathLike, t
                  fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

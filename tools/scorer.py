@@ -29,6 +29,7 @@ from torch.nn import functional as F  # noqa: N812
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from common.errors import UserError
+from common.files import list_folder
 from dataloaders import DATASET_NAMES, dataset_class, list_reference_images, load_rgb
 from dataloaders.image_io import IMAGE_EXTENSIONS, is_image_file
 from dataloaders.sampling import (
@@ -67,7 +68,7 @@ def expand_image_paths(items: Sequence[str | os.PathLike], what: str) -> list[Pa
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if is_image_file(p))
+            found = [p for p in list_folder(path, what) if is_image_file(p)]
             if not found:
                 raise UserError(f"{what}: folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             paths += found

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from common.errors import UserError
+from common.files import atomic_write
 
 MAX_DISCRETE_COLOURS = 10  # labels with at most this many distinct values get a legend instead of a colour bar
 
@@ -32,14 +33,13 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
-    """Write the figure atomically (temporary name, then rename) and close it."""
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Write the figure as PNG atomically (a failure leaves no temporary file, a `UserError`) and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    _pyplot().close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
+    finally:
+        _pyplot().close(fig)
     return path
 
 
@@ -74,7 +74,7 @@ def examples_figure(rows: Sequence[tuple[str, Sequence[tuple[str | os.PathLike |
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(pad=0.4, h_pad=0.3, w_pad=0.2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.inference_mode()
@@ -102,12 +102,18 @@ def difference_codes(model, test_set, run, epoch: int = 0, ref_key: str = "ref")
     return np.stack([np.mean(v, axis=0) for v in per_image.values()]), labels
 
 
-def tsne_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:
-    """2-D t-SNE (scikit-learn) of standardised features; the perplexity is capped for small sets."""
+def require_tsne():
+    """scikit-learn's TSNE class; a `UserError` saying how to install it where it is missing."""
     try:
         from sklearn.manifold import TSNE
     except ImportError:
         raise UserError("the t-SNE figure needs scikit-learn: pip install scikit-learn") from None
+    return TSNE
+
+
+def tsne_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:
+    """2-D t-SNE (scikit-learn) of standardised features; the perplexity is capped for small sets."""
+    TSNE = require_tsne()  # noqa: N806 (a class)
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2 or len(x) < 3:
         raise UserError(f"t-SNE needs at least 3 feature vectors, got {x.shape[0] if x.ndim else 0}")
@@ -157,4 +163,4 @@ def tsne_figure(panels: Mapping[str, np.ndarray], labels: np.ndarray, path: str 
         fig.colorbar(scatter, ax=axes[0].tolist(), label=label_name, shrink=0.8)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
