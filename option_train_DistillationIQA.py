@@ -89,7 +89,7 @@ def get_single_args_parser() -> argparse.ArgumentParser:
         description="Score images with the NAR-student against non-aligned reference image(s).")
     add_scoring_group(parser)
     add_network_group(parser)
-    add_runtime_group(parser)
+    add_runtime_group(parser, torchrun=False)
     add_weights_group(parser, STUDENT_WEIGHTS)
     add_compatibility_group(
         parser, TRAIN_DATASET, TEST_DATASET.replace(default=None), *_unused_in_testing(),

@@ -25,7 +25,7 @@ from tools.epoch import evaluate, images_per_s
 from tools.networks import build_network, training_set_of
 from tools.options import check_args
 from tools.runtime import Run, run_options, setup_run
-from tools.utils import note_training_amp_in_testing
+from tools.utils import cleanup_distributed, note_training_amp_in_testing
 
 METRICS = ("srcc", "plcc", "krcc")
 RESULT_FILES = ("test_results.csv", "test_results.json")
@@ -160,7 +160,18 @@ def check_test_inputs(args: argparse.Namespace) -> None:
 
 
 def main(args: argparse.Namespace) -> dict:
+    """Evaluate; under torchrun each process evaluates its share of every test set and rank 0 writes."""
+    if args.tsne and "WORLD_SIZE" in os.environ:
+        raise UserError("--tsne is not supported under torchrun: run the script without torchrun for the maps")
     run = setup_test_run(args)
+    try:
+        return evaluate_models(args, run)
+    finally:
+        cleanup_distributed()
+
+
+def evaluate_models(args: argparse.Namespace, run: Run) -> dict:
+    """The test run itself: each model on each test set, --test_rounds times; the CSV/JSON and plots (rank 0)."""
     note_training_amp_in_testing(args.amp, args.eval_amp)
     models = [("student", args.studentNet_model_path, "lq_hq_ref")]
     if args.teacherNet_model_path:
@@ -183,21 +194,23 @@ def main(args: argparse.Namespace) -> dict:
                           f"whose labels are {'lower' if higher else 'higher'} is better")
         test_sets = build_test_sets(test_datasets, mode, **data_options(args), batch_size=args.test_batch_size,
                                     repeats=args.test_patch_num, augment_teacher=args.teacher_test_augment,
-                                    ref_folder=args.ref_test_dataset_path, ref_cache=run.ref_cache)
+                                    ref_folder=args.ref_test_dataset_path, ref_cache=run.ref_cache,
+                                    pin_memory=run.pin_memory, shard=run.shard)
         if not test_sets:
             get_logger().warning(f"warning: no test dataset found for the {model_name}")
             continue
         per_dataset = evaluate_rounds(model, test_sets, run, args.test_rounds, REFERENCE_KEY[mode],
                                       args.use_fitting_prcc_srcc, trained_higher_is_better=higher,
-                                      after_round=partial(write_rounds_so_far, csv_path, list(rows), model_name))
+                                      after_round=partial(write_rounds_so_far, csv_path, list(rows), model_name)
+                                      if run.dist.is_main else None)
         rows += summarize(model_name, per_dataset)
         report[model_name] = {name: {k: float(np.mean([m[k] for m in rounds])) for k in METRICS}
                               for name, rounds in per_dataset.items()}
-        if args.plot:
+        if args.plot and run.dist.is_main:
             write_plots(args.plot, model_name, per_dataset, test_sets)
         if args.tsne and model_name == "student":
             write_tsne(args.tsne, args, run, model, test_sets)
-    if rows:
+    if rows and run.dist.is_main:
         write_csv(csv_path, rows)
         write_json(os.path.join(args.result_checkpoint_dir, RESULT_FILES[1]), report)
         get_logger().info(f"results written to {csv_path}")

@@ -23,6 +23,7 @@ from tools.utils import (
     resolve_precision,
     seed_everything,
     select_device,
+    use_device,
 )
 
 
@@ -42,6 +43,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     seed_everything(args.seed)
     configure_cuda(args.deterministic)
     device = select_device(args.gpu_ids)
+    use_device(device)
     check_student_checkpoint(args.studentNet_model_path)  # first: says where a checkpoint comes from
     if args.output:
         check_scores_path(args.output)  # before any scoring

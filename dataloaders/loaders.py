@@ -80,6 +80,35 @@ class EpochSampler(DistributedSampler):
         return ((int(i), epoch) for i in super().__iter__())
 
 
+class ShardedBatchSampler:
+    """The batches one process of `world_size` evaluates: the batches of size `batch_size` a single process would
+    form over the whole dataset, in order, every `world_size`-th of them from number `rank` on.
+
+    Nothing is padded or repeated, and each batch is the one a single process forms, so the gathered predictions
+    are those of a single process. Yields lists of (index, epoch) pairs, like `EpochSampler`.
+    """
+
+    def __init__(self, length: int, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+        self.length, self.batch_size, self.rank, self.world_size = length, batch_size, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _starts(self) -> range:
+        return range(self.rank * self.batch_size, self.length, self.world_size * self.batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.epoch
+        for start in self._starts():
+            yield [(i, epoch) for i in range(start, min(start + self.batch_size, self.length))]
+
+    def __len__(self) -> int:
+        return len(self._starts())
+
+
 def _seed_worker(worker_id: int) -> None:
     """Seed numpy/random in a worker from torch's per-worker seed (sampling itself does not use them)."""
     seed = torch.initial_seed() % 2**32
@@ -88,17 +117,26 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def build_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0,
-                 drop_last: bool = False, distributed: bool | None = None) -> DataLoader:
+                 drop_last: bool = False, distributed: bool | None = None, pin_memory: bool = False,
+                 shard: tuple[int, int] | None = None) -> DataLoader:
     """A DataLoader whose batches depend only on (seed, epoch): call set_loader_epoch() before each epoch.
 
     `distributed=None` detects torchrun (an initialised process group) and shards with DistributedSampler.
-    Workers persist between epochs; memory is pinned when CUDA is available. Note that a distributed
-    sampler pads the shards to equal length by repeating items (also with shuffle=False).
+    Workers persist between epochs. `pin_memory`: page-locked batches, for a CUDA run only (the caller makes
+    its device the current one first). Note that a distributed sampler pads the shards to equal length by
+    repeating items (also with shuffle=False). `shard` = (rank, world size): for evaluation, this process's
+    share of the unshuffled batches (`ShardedBatchSampler`), without padding.
     """
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1 (got {batch_size})")
     if num_workers < 0:
         raise UserError(f"num_workers must be >= 0 (got {num_workers})")
+    common = {"num_workers": num_workers, "pin_memory": pin_memory, "persistent_workers": num_workers > 0,
+              "worker_init_fn": _seed_worker, "generator": torch.Generator().manual_seed(seed)}
+    if shard is not None:
+        if shuffle or drop_last:
+            raise ValueError("a sharded loader (evaluation) neither shuffles nor drops batches")
+        return DataLoader(dataset, batch_sampler=ShardedBatchSampler(len(dataset), batch_size, *shard), **common)
     if distributed is None:
         distributed = dist.is_available() and dist.is_initialized()
     if distributed:
@@ -106,15 +144,13 @@ def build_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int 
     else:
         replicas, rank = 1, 0
     sampler = EpochSampler(dataset, num_replicas=replicas, rank=rank, shuffle=shuffle, seed=seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=torch.cuda.is_available(), drop_last=drop_last,
-                      persistent_workers=num_workers > 0, worker_init_fn=_seed_worker,
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **common)
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
     """Set the epoch of a loader made by build_loader (shuffle order and random crops follow it)."""
-    sampler = loader.sampler
+    batches = getattr(loader, "batch_sampler", None)
+    sampler = batches if hasattr(batches, "set_epoch") else loader.sampler
     if not hasattr(sampler, "set_epoch"):
         raise TypeError("set_loader_epoch needs a loader made by build_loader")
     sampler.set_epoch(epoch)

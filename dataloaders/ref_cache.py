@@ -61,11 +61,20 @@ def shared_memory_free_bytes() -> int | None:
     return stat.f_bavail * stat.f_frsize
 
 
-def default_budget_gb() -> float:
-    """min(16 GB, a quarter of the available memory), split among the processes torchrun started on this machine."""
+def _env_local_processes() -> int:
+    """How many processes torchrun started on this machine (LOCAL_WORLD_SIZE; 1 outside torchrun)."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def default_budget_gb(processes: int | None = None) -> float:
+    """min(16 GB, a quarter of the available memory), split among the `processes` sharing this machine (default:
+    those torchrun started on it)."""
     available = available_memory_bytes()
     budget = min(DEFAULT_CAP_GB, available / 4 / GB) if available else 2.0
-    return budget / max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return budget / (_env_local_processes() if processes is None else max(1, processes))
 
 
 def _shared_block(nbytes: int) -> torch.Tensor:
@@ -80,11 +89,13 @@ class ReferenceCache:
     """Decoded images (uint8 H x W x 3) in one memory block per `add`, at most `budget_gb` in all.
 
     `shared`: put the blocks in shared memory (needed when loader workers read them); its budget is then also
-    capped at half the free space of /dev/shm, leaving the rest to the loader's own batches. `threads`: images
-    decoded in parallel while filling.
+    capped at half the free space of /dev/shm divided among the `processes` of this machine (each caches its
+    own copy), leaving the rest to the loader's own batches. `threads`: images decoded in parallel while filling.
+    A block that no longer fits in /dev/shm when it is allocated stops the run with one line (`UserError`),
+    instead of a bus error when its pages are written.
     """
 
-    def __init__(self, budget_gb: float, *, shared: bool = False, threads: int = 1) -> None:
+    def __init__(self, budget_gb: float, *, shared: bool = False, threads: int = 1, processes: int = 1) -> None:
         if budget_gb < 0:
             raise ValueError(f"budget must be >= 0 GB (got {budget_gb})")
         self.requested_bytes = int(budget_gb * GB)
@@ -93,8 +104,9 @@ class ReferenceCache:
         self.limited_by_shm = False
         if shared:
             free = shared_memory_free_bytes()
-            if free is not None and free // 2 < self.budget_bytes:
-                self.budget_bytes, self.limited_by_shm = free // 2, True
+            cap = free // 2 // max(1, processes) if free is not None else None
+            if cap is not None and cap < self.budget_bytes:
+                self.budget_bytes, self.limited_by_shm = cap, True
         self.used_bytes = 0
         self._blocks: list[torch.Tensor] = []
         self._index: dict[Hashable, tuple[int, int, tuple[int, int, int]]] = {}
@@ -142,6 +154,8 @@ class ReferenceCache:
             size += nbytes
         added = 0
         if planned:
+            if self.shared:
+                _check_shared_memory(size, label)
             block = _shared_block(size) if self.shared else torch.empty(size, dtype=torch.uint8)
             flat = block.numpy()
 
@@ -175,15 +189,29 @@ class ReferenceCache:
     def describe(self) -> str:
         """One line for the log: the budget, where it comes from and the kind of memory."""
         where = "shared memory, one copy for all loader workers" if self.shared else "process memory"
-        note = (f" (capped from {self.requested_bytes / GB:.2f} GB at half the free space of /dev/shm; "
+        note = (f" (capped from {self.requested_bytes / GB:.2f} GB at this process's share of half the free space "
+                "of /dev/shm; "
                 "give the machine or container more shared memory to cache more)") if self.limited_by_shm else ""
         return f"reference cache: up to {self.budget_bytes / GB:.2f} GB in {where}{note}"
 
 
-def build_reference_cache(budget_gb: float | None, num_workers: int) -> ReferenceCache | None:
-    """The cache a run asks for: `budget_gb` None = default_budget_gb(), 0 = no cache (None)."""
-    if budget_gb is None:
-        budget_gb = default_budget_gb()
+def _check_shared_memory(nbytes: int, label: str) -> None:
+    """UserError when /dev/shm has less than `nbytes` free (tmpfs pages are only claimed when written: a block
+    that does not fit would end the process with a bus error while it is filled)."""
+    free = shared_memory_free_bytes()
+    if free is not None and nbytes > free:
+        raise UserError(f"reference cache: {label} needs {nbytes / GB:.2f} GB of shared memory but /dev/shm has "
+                        f"{free / GB:.2f} GB free: lower --ref_cache_gb (0 = off) or give the machine or container "
+                        "more shared memory (docker --shm-size)")
+
+
+def build_reference_cache(budget_gb: float | None, num_workers: int,
+                          local_processes: int = 1) -> ReferenceCache | None:
+    """The cache a run asks for: `budget_gb` None = default_budget_gb(), 0 = no cache (None). The budget is for
+    the whole machine: each of its `local_processes` (torchrun's processes on it) gets an equal share."""
+    processes = max(1, local_processes)
+    budget_gb = default_budget_gb(processes) if budget_gb is None else budget_gb / processes
     if budget_gb <= 0:
         return None
-    return ReferenceCache(budget_gb, shared=num_workers > 0, threads=min(8, os.cpu_count() or 1))
+    return ReferenceCache(budget_gb, shared=num_workers > 0, threads=min(8, os.cpu_count() or 1),
+                          processes=processes)

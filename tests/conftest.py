@@ -16,6 +16,16 @@ if str(ROOT) not in sys.path:
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Skip `cuda` tests without a CUDA GPU and `multigpu` tests with fewer than two (`-ra` lists them)."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for item in items:
+        if "cuda" in item.keywords and gpus < 1:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (none here)"))
+        elif "multigpu" in item.keywords and gpus < 2:
+            item.add_marker(pytest.mark.skip(reason=f"needs 2 CUDA GPUs ({gpus} here)"))
+
+
 @pytest.fixture(scope="session")
 def default_net():
     """The network at the released defaults (self_patch_num 10, MLP_depth 9, distillation_layer 9)."""

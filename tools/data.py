@@ -32,28 +32,34 @@ def dataset_root(dataset_paths: Mapping[str, str | os.PathLike], name: str, opti
 def build_train_loader(name: str, mode: str, *, dataset_paths: Mapping[str, str | os.PathLike], patch_size: int,
                        patch_num: int, seed: int, batch_size: int, world_size: int = 1, repeats: int = 1,
                        upscale: bool = False, num_workers: int = 0, ref_folder: str | os.PathLike | None = None,
-                       content_ids: Sequence[int] | None = None, ref_cache: ReferenceCache | None = None):
-    """The shuffled training loader of dataset `name` (this process's share of `batch_size`)."""
+                       content_ids: Sequence[int] | None = None, ref_cache: ReferenceCache | None = None,
+                       pin_memory: bool = False):
+    """The shuffled training loader of dataset `name` (this process's share of `batch_size`); `pin_memory` for a
+    CUDA run."""
     if batch_size % world_size:
         raise UserError(f"--batch_size {batch_size} must be divisible by the {world_size} processes")
     ref_paths = list_reference_images(ref_folder) if mode == "lq_hq_ref" else None
     dataset = build_dataset(name, dataset_root(dataset_paths, name, "--train_dataset"), mode, patch_size=patch_size,
                             patch_num=patch_num, train=True, content_ids=content_ids, ref_paths=ref_paths,
                             seed=seed, repeats=repeats, upscale=upscale, ref_cache=ref_cache)
-    return build_loader(dataset, batch_size // world_size, shuffle=True, seed=seed, num_workers=num_workers)
+    return build_loader(dataset, batch_size // world_size, shuffle=True, seed=seed, num_workers=num_workers,
+                        pin_memory=pin_memory)
 
 
 def build_test_sets(names: Sequence[str], mode: str, *, dataset_paths: Mapping[str, str | os.PathLike],
                     patch_size: int, patch_num: int, seed: int, batch_size: int, repeats: int = 1,
                     upscale: bool = False, num_workers: int = 0, augment_teacher: bool = True,
                     ref_folder: str | os.PathLike | None = None, content_ids: Sequence[int] | None = None,
-                    ref_cache: ReferenceCache | None = None) -> list[TestSet]:
+                    ref_cache: ReferenceCache | None = None, pin_memory: bool = False,
+                    shard: tuple[int, int] = (0, 1)) -> list[TestSet]:
     """Test loaders for the datasets that are on disk; missing ones are skipped with a warning naming the path.
 
     The teacher ('lq_hq') cannot be evaluated on authentic datasets: those are skipped with a warning. Its
     patch pairs get the paired random flips and 180-degree rotation, as the original evaluated it, unless
     `augment_teacher` is false (--teacher_test_augment false). The student ('lq_hq_ref') draws its references
-    from `ref_folder`; reference images go into `ref_cache` when given.
+    from `ref_folder`; reference images go into `ref_cache` when given. `shard` = (rank, world size): each
+    process of a torchrun loads its share of the batches (`predict` gathers the predictions); `pin_memory` for a
+    CUDA run.
     """
     logger = get_logger()
     ref_paths = list_reference_images(ref_folder) if mode == "lq_hq_ref" else None
@@ -71,6 +77,6 @@ def build_test_sets(names: Sequence[str], mode: str, *, dataset_paths: Mapping[s
                                 upscale=upscale, augment_eval=mode == "lq_hq" and augment_teacher,
                                 ref_cache=ref_cache)
         loader = build_loader(dataset, batch_size, shuffle=False, seed=seed, num_workers=num_workers,
-                              distributed=False)
+                              pin_memory=pin_memory, shard=shard)
         test_sets.append(TestSet(name, loader, dataset.higher_is_better))
     return test_sets

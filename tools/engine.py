@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from common import files
@@ -21,7 +20,7 @@ from common.log import get_logger
 from dataloaders import REFERENCE_KEY, dataset_class, split_contents
 from models.DistillationIQA import DistillationIQANet
 from tools import checkpoint as ckpt
-from tools import run_folder
+from tools import collectives, run_folder
 from tools.data import build_test_sets, build_train_loader, data_options, dataset_root
 from tools.epoch import (
     Distillation,
@@ -163,23 +162,22 @@ def check_within_split(name: str, root: str | os.PathLike, seed: int, train_rati
 
 def _round_data(args: argparse.Namespace, run: Run, role: Role, round_of: tuple[int, int], content_ids: tuple,
                 within: bool, check_images: bool) -> tuple[object, list[TestSet]]:
-    """A round's training loader and (rank 0) test sets, from `content_ids` = (training, test) contents (None:
-    whole datasets); `round_of` = (round index, rounds). The first round of a session checks every image."""
+    """A round's training loader and test sets (each process evaluates its share of them), from `content_ids` =
+    (training, test) contents (None: whole datasets); `round_of` = (round index, rounds). The first round of a
+    session checks every image (rank 0)."""
     round_index, rounds = round_of
     options = data_options(args)
     train_loader = build_train_loader(args.train_dataset, role.mode, **{**options, "seed": args.seed + round_index},
                                       batch_size=args.batch_size, world_size=run.dist.world_size,
                                       repeats=args.train_patch_num,
                                       ref_folder=args.ref_train_dataset_path, content_ids=content_ids[0],
-                                      ref_cache=run.ref_cache)
-    test_sets: list[TestSet] = []
-    if run.dist.is_main:
-        augment = role.mode == "lq_hq" and args.teacher_test_augment  # the student's parser lacks the option
-        test_sets = build_test_sets([args.test_dataset] if within else args.test_datasets, role.mode,
-                                    **options, batch_size=args.test_batch_size,
-                                    repeats=args.test_patch_num, augment_teacher=augment,
-                                    ref_folder=args.ref_test_dataset_path, content_ids=content_ids[1],
-                                    ref_cache=run.ref_cache)
+                                      ref_cache=run.ref_cache, pin_memory=run.pin_memory)
+    augment = role.mode == "lq_hq" and args.teacher_test_augment  # the student's parser lacks the option
+    test_sets = build_test_sets([args.test_dataset] if within else args.test_datasets, role.mode,
+                                **options, batch_size=args.test_batch_size,
+                                repeats=args.test_patch_num, augment_teacher=augment,
+                                ref_folder=args.ref_test_dataset_path, content_ids=content_ids[1],
+                                ref_cache=run.ref_cache, pin_memory=run.pin_memory, shard=run.shard)
     if check_images:  # every image of this round's data (a first round covers whole datasets) before training
         datasets = [train_loader.dataset, *(t.loader.dataset for t in test_sets)]
         run_folder.on_main(run.dist, lambda: run_folder.check_images(datasets))
@@ -247,8 +245,7 @@ def _train_round(args: argparse.Namespace, run: Run, role: Role, build_model, tr
         state.rebuild_optimizer(*next_schedule(state.lr, state.lr_ratio, epoch, args.update_opt_epoch))
         if run.dist.is_main:
             _save_epoch(args, role, state, record, improved, _round_suffix(round_index, rounds))
-        if run.dist.distributed:
-            dist.barrier()
+        collectives.barrier(run.dist)
     return state.summary()
 
 
@@ -268,16 +265,17 @@ def _train_epoch(args: argparse.Namespace, run: Run, role: Role, net: nn.Module,
 
 def _evaluate_epoch(args: argparse.Namespace, run: Run, role: Role, state: TrainingState, record: RunRecord,
                     test_sets: Sequence[TestSet], epoch: int, stats: dict) -> dict[str, dict]:
-    """The epoch's results on the test sets (rank 0). If evaluation fails, the trained epoch is kept in
-    last.pth (as pending) so that --resume only evaluates it."""
-    if not run.dist.is_main:
-        return {}
+    """The epoch's results on the test sets (every process evaluates its share; all get the results). If
+    evaluation fails, the trained epoch is kept in last.pth (as pending, rank 0) so that --resume only evaluates
+    it."""
     try:
         return evaluate(state.model, test_sets, run, epoch, role.ref_key, args.use_fitting_prcc_srcc,
                         trained_higher_is_better=dataset_class(args.train_dataset).higher_is_better)
     except Exception as err:  # a bad test image, a vanished file ...: keep the trained epoch
         path = os.path.join(args.model_checkpoint_dir, "last.pth")
-        files.atomic_torch_save(state.checkpoint(record, pending=stats), path)
+        if run.dist.is_main:
+            files.atomic_torch_save(state.checkpoint(record, pending=stats), path)
+        collectives.barrier(run.dist)  # no process ends (and has torchrun stop the others) before it is saved
         note = f"the trained epoch {epoch} is saved in {path}: fix the cause and continue with --resume"
         if isinstance(err, UserError):
             raise UserError(f"evaluation after epoch {epoch} failed: {err}\n{note}") from None

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -23,6 +22,7 @@ from dataloaders import set_loader_epoch
 from dataloaders.sampling import to_model_input
 from models.distillation import feature_distillation_loss, select_distilled_features
 from models.DistillationIQA import DistillationIQANet
+from tools import collectives
 from tools.metrics import compute_metrics, oriented
 from tools.runtime import Run
 from tools.utils import DistInfo
@@ -140,30 +140,19 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     local_preds = torch.cat(preds).cpu() if preds else torch.zeros(0)
     elapsed = time.perf_counter() - start  # after the reads above, which waited for the device
     pred_all, label_all = _gather([local_preds], run.dist), _gather(labels, run.dist)
-    result = {"loss": _mean_across(losses, run.dist),
+    result = {"loss": collectives.mean_across(losses, run.dist),
               "train_srcc": compute_metrics(pred_all, label_all, fit=False)["srcc"] if len(pred_all) > 1
               else float("nan"),
               "samples_per_s": len(pred_all) / elapsed if elapsed else float("nan"),
               "data_share": data_time / elapsed if elapsed else float("nan")}
     if kd is not None:
-        result["feature_loss"] = _mean_across(feature_losses, run.dist)
+        result["feature_loss"] = collectives.mean_across(feature_losses, run.dist)
     return result
 
 
 def _gather(parts: list[Tensor], info: DistInfo) -> np.ndarray:
-    values = (torch.cat(parts) if parts else torch.zeros(0)).numpy()
-    if not info.distributed:
-        return values
-    gathered: list = [None] * info.world_size
-    dist.all_gather_object(gathered, values)
-    return np.concatenate(gathered)
-
-
-def _mean_across(values: list[float], info: DistInfo) -> float:
-    total = torch.tensor([sum(values), len(values)], dtype=torch.float64)
-    if info.distributed:
-        dist.all_reduce(total)
-    return float(total[0] / total[1]) if total[1] else float("nan")
+    """Every rank's values of `parts` (float32), in rank order."""
+    return collectives.gather_1d(torch.cat(parts) if parts else torch.zeros(0), info).numpy()
 
 
 # ---- evaluation -------------------------------------------------------------------------------------
@@ -179,21 +168,16 @@ class TestSet:
 
 @torch.inference_mode()
 def predict(model: nn.Module, loader, run: Run, epoch: int, ref_key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image predictions (mean over the dataset's repeats) and labels, in dataset order.
+    """Per-image predictions (mean over the dataset's repeats) and labels, in dataset order, on every rank.
 
-    Runs in fp32 unless the run asks for mixed-precision evaluation (`Run.eval_precision`)."""
-    model.eval()
-    set_loader_epoch(loader, epoch)
-    precision = run.evaluation_precision()
-    preds, indices = [], []
-    for batch in loader:
-        lq, ref = to_model_input(batch["lq"], run.device), to_model_input(batch[ref_key], run.device)
-        with precision.autocast():
-            _, _, pred = model(lq, ref)
-        preds.append(pred.float())  # read from the device once, after the last batch
-        indices.append(torch.as_tensor(batch["index"]))
-    pred = torch.cat(preds).cpu().numpy().astype(np.float64)
-    order = torch.cat(indices).numpy()
+    Under torchrun each rank predicts its share of the batches (see `dataloaders.ShardedBatchSampler`) and the
+    shares are gathered in dataset order, so the result is that of one process, number for number. Runs in fp32
+    unless the run asks for mixed-precision evaluation (`Run.eval_precision`)."""
+    pred, order = _predict_share(model, loader, run, epoch, ref_key)
+    pred = collectives.gather_array(pred, run.dist)
+    order = collectives.gather_array(order, run.dist)
+    order, first = np.unique(order, return_index=True)  # dataset order; a sample predicted twice counts once
+    pred = pred[first]
     samples = loader.dataset.samples
     per_image: dict[Path, list[float]] = {}
     label_of: dict[Path, float] = {}
@@ -203,6 +187,32 @@ def predict(model: nn.Module, loader, run: Run, epoch: int, ref_key: str) -> tup
         label_of[sample.lq_path] = float(sample.label)
     keys = list(per_image)
     return np.array([np.mean(per_image[k]) for k in keys]), np.array([label_of[k] for k in keys])
+
+
+def _predict_share(model: nn.Module, loader, run: Run, epoch: int, ref_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's predictions (float64) and their sample indices (int64). If any rank fails, every rank stops:
+    the failing one with its error, the others with one line pointing to it (none waits for the others)."""
+    model.eval()
+    set_loader_epoch(loader, epoch)
+    precision = run.evaluation_precision()
+    preds, indices = [], []
+    failure = None
+    try:
+        for batch in loader:
+            lq, ref = to_model_input(batch["lq"], run.device), to_model_input(batch[ref_key], run.device)
+            with precision.autocast():
+                _, _, pred = model(lq, ref)
+            preds.append(pred.float().reshape(-1))  # read from the device once, after the last batch
+            indices.append(torch.as_tensor(batch["index"], dtype=torch.int64).reshape(-1))
+    except Exception as err:  # re-raised below, after telling the other ranks
+        failure = err
+    if collectives.any_rank(failure is not None, run.dist):
+        if failure is not None:
+            raise failure
+        raise UserError("evaluation failed in another process of this torchrun (its error is in its output)")
+    pred = torch.cat(preds).cpu() if preds else torch.zeros(0)  # an empty share: a rank with no batch
+    order = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.int64)
+    return pred.numpy().astype(np.float64), order.numpy()
 
 
 def evaluate(model: nn.Module, test_sets: Sequence[TestSet], run: Run, epoch: int, ref_key: str,

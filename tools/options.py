@@ -197,8 +197,9 @@ def add_data_group(parser: argparse.ArgumentParser, test_datasets: str, *, teach
         TEST_PATCH_NUM, TEST_BATCH_SIZE, UPSCALE, USE_FITTING, *([augment] if teacher_evaluation else []),
         option("--ref_cache_gb", type=float, default=None, metavar="GB",
                help="memory for decoded reference images, kept once and shared by the loader workers "
-                    "(default: min(16, a quarter of the available memory), divided among the processes "
-                    "of a torchrun on one machine; 0 = off: decode them per sample)"),
+                    "(default: min(16, a quarter of the available memory); a given size, like the default, is "
+                    "for the whole machine, divided among the processes of a torchrun on it; 0 = off: decode "
+                    "them per sample)"),
     ))
 
 
@@ -214,8 +215,12 @@ def add_network_group(parser: argparse.ArgumentParser) -> None:
     ))
 
 
-def add_runtime_group(parser: argparse.ArgumentParser) -> None:
-    """Device, seed, loader workers and the precision of evaluation (every script)."""
+def add_runtime_group(parser: argparse.ArgumentParser, *, torchrun: bool = True) -> None:
+    """Device, seed, loader workers and the precision of evaluation (every script); with `torchrun`, the
+    timeout of the processes' collectives (scripts that run under torchrun)."""
+    distributed = (option("--dist_timeout", type=float, default=60.0, metavar="MINUTES",
+                          help="under torchrun: how long a process waits for the others (e.g. while rank 0 writes "
+                               "checkpoints) before the run stops (torch's own default is 10)"),) if torchrun else ()
     add_group(parser, "runtime", (
         option("--gpu_ids", type=str, default="0",
                help="GPU id to use; 'cpu', '-1' or '' selects the CPU (also used when no GPU exists)"),
@@ -229,6 +234,7 @@ def add_runtime_group(parser: argparse.ArgumentParser) -> None:
         option("--eval_amp", choices=["off", "auto", "fp16", "bf16"], default="off",
                help="mixed precision of evaluation: off = fp32, as the original evaluated (default); "
                     "auto = fp16 on CUDA, off on CPU; bf16 also works on CPU"),
+        *distributed,
     ))
 
 
@@ -323,6 +329,9 @@ def finalize_args(args: argparse.Namespace) -> argparse.Namespace:
         value = getattr(args, option, None)
         if value is not None and not (math.isfinite(value) and (value > 0 if least == "above 0" else value >= 0)):
             raise UserError(f"--{option} must be a finite number {least}, got {value}")
+    timeout = getattr(args, "dist_timeout", 1.0)
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise UserError(f"--dist_timeout must be more than 0 minutes, got {args.dist_timeout}")
     cache_gb = getattr(args, "ref_cache_gb", None)
     if cache_gb is not None and not (math.isfinite(cache_gb) and cache_gb >= 0):
         raise UserError(f"--ref_cache_gb must be a finite number, 0 (off) or more, got {cache_gb}")

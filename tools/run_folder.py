@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from common import files
 from common.errors import UserError
 from tools import checkpoint as ckpt
+from tools import collectives
 from tools.utils import DistInfo
 
 LOCK_NAME = ".run.lock"
@@ -56,7 +56,7 @@ MAY_CHANGE_OPTIONS = (
     "livec_path", "bid_path", "pipal_path", "ref_train_dataset_path", "ref_test_dataset_path",
     "ref_folder_paths", "teacherNet_model_path", "studentNet_model_path", "pretrained", "checkpoint_dir",
     "model_checkpoint_dir", "result_checkpoint_dir", "log_checkpoint_dir", "setting_file", "resume", "overwrite",
-    "ref_cache_gb", "deterministic", "compile",
+    "ref_cache_gb", "deterministic", "compile", "dist_timeout",
 )
 _NOT_LOGGED = {"model_checkpoint_dir", "result_checkpoint_dir", "log_checkpoint_dir", "setting_file", "resume",
                "dataset_paths"}  # derived from other options, or the resume option itself
@@ -124,15 +124,15 @@ def on_main(info: DistInfo, work: Callable[[], T]) -> T | None:
     """Run `work` on rank 0 only; under torchrun every rank then raises the `UserError` rank 0 raised."""
     if not info.distributed:
         return work()
-    result, message = None, [None]
+    result, message = None, None
     if info.is_main:
         try:
             result = work()
         except UserError as err:
-            message = [str(err)]
-    dist.broadcast_object_list(message, src=0)
-    if message[0] is not None:
-        raise UserError(message[0])
+            message = str(err)
+    message = collectives.broadcast_text(message, info)
+    if message is not None:
+        raise UserError(message)
     return result
 
 

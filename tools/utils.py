@@ -7,7 +7,8 @@ import os
 import random
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -15,13 +16,19 @@ import torch.distributed as dist
 
 from common.errors import UserError
 
+DEFAULT_DIST_TIMEOUT_MIN = 60.0  # how long a collective waits for the slowest rank (torch: 10 minutes)
+
 
 @dataclass
 class DistInfo:
+    """Where this process stands in a torchrun run; `device` is the run's device, where collectives happen."""
+
     distributed: bool = False
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    local_world_size: int = 1
 
     @property
     def is_main(self) -> bool:
@@ -57,17 +64,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def init_distributed(gpu_ids: str | None) -> tuple[DistInfo, torch.device]:
-    """Join the process group when started by torchrun (nccl on GPU, gloo on CPU)."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return DistInfo(), select_device(gpu_ids)
-    info = DistInfo(True, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
-                    int(os.environ.get("LOCAL_RANK", 0)))
-    device = select_device(gpu_ids, local_rank=info.local_rank)
+def use_device(device: torch.device) -> None:
+    """Make a CUDA `device` the current one, so that nothing (pinned-memory threads, CUDA contexts) lands on GPU 0."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
+
+
+def init_distributed(gpu_ids: str | None, timeout_minutes: float = DEFAULT_DIST_TIMEOUT_MIN
+                     ) -> tuple[DistInfo, torch.device]:
+    """The device, made current; under torchrun also join the process group (nccl on GPU, gloo on CPU), whose
+    collectives wait `timeout_minutes` for the slowest rank before the run stops."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        device = select_device(gpu_ids)
+        use_device(device)
+        return DistInfo(device=device), device
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = select_device(gpu_ids, local_rank=local_rank)
+    info = DistInfo(True, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local_rank, device,
+                    int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    use_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=timedelta(minutes=timeout_minutes))
     return info, device
 
 
