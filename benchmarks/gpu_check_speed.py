@@ -186,6 +186,7 @@ class FloatBatches:
 
     def __init__(self, loader) -> None:
         self.loader, self.sampler, self.dataset = loader, loader.sampler, loader.dataset
+        self.batch_sampler = loader.batch_sampler  # where build_loader's epoch lives
 
     def __iter__(self):
         for batch in self.loader:
