@@ -16,7 +16,7 @@ from dataloaders.sampling import normalize_patches, to_model_input
 from models.DistillationIQA import DistillationIQANet
 from tools.data import build_test_sets, build_train_loader
 from tools.epoch import Distillation, make_optimizer, predict, train_one_epoch
-from tools.networks import prefers_channels_last, set_memory_format
+from tools.networks import maybe_compile, prefers_channels_last, set_memory_format
 from tools.runtime import Run
 from tools.scorer import IQAScorer
 from tools.utils import (
@@ -267,6 +267,28 @@ def section_f(section, data: Path, sizes, device: torch.device, dry: bool) -> No
                             lambda role=role: role_rate(role, min(2 * max(workers, 1), 32))["data_share"])
     section.measure("", lambda: _evaluation(teacher, data, sizes, run, backbone, workers, ref_cache))
     section.measure("", lambda: _original_procedure(teacher, data, sizes, loader, section.values, warm, workers))
+    # --compile last: compiling takes a minute or more, so only with that much of the time box left
+    if dry:
+        section.values["teacher_compiled"] = SKIPPED_DRY
+    elif section.left() < COMPILE_SECONDS:
+        section.values["teacher_compiled"] = f"skipped: under {COMPILE_SECONDS} s of the time box left"
+    else:
+        section.measure("teacher_compiled", lambda: _compiled_rate(teacher, loader("lq_hq"), run, sizes,
+                                                                   section.values.get("teacher.steps_per_s")))
+
+
+COMPILE_SECONDS = 120
+
+
+def _compiled_rate(teacher, loader, run: Run, sizes, eager_steps_per_s) -> dict:
+    """Teacher steps/s with --compile (torch.compile; the warm-up epoch compiles), and its speed-up over eager."""
+    model = maybe_compile(copy.deepcopy(teacher), True)
+    start = time.perf_counter()
+    rate = _train_rate(model, loader, run, None, warm=True)
+    steps = rate["samples_per_s"] / sizes.batch
+    speedup = steps / eager_steps_per_s if isinstance(eager_steps_per_s, float) else "no eager figure"
+    return {"steps_per_s": steps, "speedup_over_eager": speedup,
+            "seconds_with_compilation": round(time.perf_counter() - start, 1)}
 
 
 def _eval_rate(net, data: Path, sizes, run: Run, batch_size: int, workers: int, float_batches: bool = False,

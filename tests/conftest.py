@@ -42,3 +42,12 @@ def small_net():
 
     torch.manual_seed(0)
     return DistillationIQANet(self_patch_num=2, MLP_depth=2, distillation_layer=4, pretrained=False).eval()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread is as fast, and much faster on a busy machine (spinning threads crawl)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 
 from common.files import atomic_torch_save
 from models.DistillationIQA import DistillationIQANet
+from tests.fakes import FixedBatches
 from tools.dataset_fixtures import write_image
 from tools.epoch import train_one_epoch
 from tools.runtime import Run
@@ -37,18 +37,6 @@ def small_net(seed: int = 0) -> DistillationIQANet:
     return DistillationIQANet(self_patch_num=2, MLP_depth=2, distillation_layer=4, pretrained=False)
 
 
-class Batches:
-    """A loader of fixed batches with the sampler hook `train_one_epoch` calls."""
-
-    def __init__(self, batches: list[dict]) -> None:
-        self.batches = batches
-        self.sampler = types.SimpleNamespace(set_epoch=lambda epoch: None)
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
 
 
 def batches(n: int, label_scale: float = 1.0) -> list[dict]:
@@ -74,7 +62,7 @@ def test_fp16_training_steps_with_a_grad_scaler():
     run = Run(DistInfo(), CUDA, precision)
     state = TrainingState.start(net, precision.scaler(), round_index=0, lr=1e-4, lr_ratio=10, weight_decay=0,
                                 precision=precision.name, device=CUDA)
-    stats = train_one_epoch(net, Batches(batches(4, label_scale=1500.0)), state.optimizer, state.scaler, run, 0)
+    stats = train_one_epoch(net, FixedBatches(batches(4, label_scale=1500.0)), state.optimizer, state.scaler, run, 0)
     assert np.isfinite(stats["loss"]) and np.isfinite(stats["train_srcc"])
     scale = state.scaler.get_scale()
     assert 0 < scale <= 2.0**16 and np.isfinite(scale)  # halved on an overflow, else kept
@@ -104,7 +92,7 @@ def test_a_cuda_checkpoint_loads_in_a_cpu_only_process(tmp_path):
     state = TrainingState.start(net, torch.amp.GradScaler("cuda"), round_index=0, lr=1e-4, lr_ratio=10,
                                 weight_decay=0, precision="fp16", device=CUDA)
     run = Run(DistInfo(), CUDA, resolve_precision("fp16", CUDA))
-    train_one_epoch(net, Batches(batches(1)), state.optimizer, state.scaler, run, 0)  # Adam's state on the GPU
+    train_one_epoch(net, FixedBatches(batches(1)), state.optimizer, state.scaler, run, 0)  # Adam's state on the GPU
     path = tmp_path / "last.pth"
     atomic_torch_save(state.checkpoint(RunRecord("teacher", {})), path)
     code = ("import sys, torch\n"

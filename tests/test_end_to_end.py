@@ -271,8 +271,26 @@ def test_within_dataset_protocol(workdir):
     assert {"best_r1.pth", "best_r2.pth", "FRIQA_teacher_r1_0.pth", "FRIQA_teacher_r2_0.pth", "last.pth"} <= set(models)
 
 
+def assert_same_training(workdir: Path, ddp_run: str, single_run: str) -> None:
+    """The weights and the epoch's loss of two runs agree up to float error."""
+    ddp, single = (model_state(workdir / run / "models" / "last.pth") for run in (ddp_run, single_run))
+    # Equal up to float error: Adam divides each gradient by its own magnitude, so the odd element whose
+    # gradient is ~0 may move by up to one step (lr * lr_ratio = 2e-4) differently; all others agree to 1e-6.
+    close = total = 0
+    for key in single:
+        diff = (ddp[key].double() - single[key].double()).abs()
+        assert diff.max() <= 3 * 2e-4, key
+        close += int((diff <= 1e-6).sum())
+        total += diff.numel()
+    assert close / total > 0.9999
+    losses = [next(csv.DictReader(open(workdir / run / "results" / "metrics.csv")))["loss"]
+              for run in (ddp_run, single_run)]
+    assert float(losses[0]) == pytest.approx(float(losses[1]), rel=1e-5)
+
+
 def test_torchrun_two_processes_gloo(workdir):
-    """2 processes (gloo) train one epoch, rank 0 writes once, and the weights equal a 1-process run."""
+    """2 processes (gloo) train one epoch, rank 0 writes once, and the weights equal a 1-process run: the teacher,
+    then the student with KD from that teacher."""
     common = [*SMALL, "--batch_size", "4", "--epochs", "1", "--test_datasets", "tid2013", "--freeze_backbone_bn"]
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
     run_script("train_DistillationIQA_FR.py", *common, "--checkpoint_dir", "ddp", cwd=workdir, launcher=launcher)
@@ -283,19 +301,12 @@ def test_torchrun_two_processes_gloo(workdir):
     ddp_row = next(csv.DictReader(open(workdir / "ddp" / "results" / "metrics.csv")))
     assert -1 <= float(ddp_row["tid2013_srcc"]) <= 1  # evaluated by both processes, each on its share
     run_script("train_DistillationIQA_FR.py", *common, "--checkpoint_dir", "single", cwd=workdir)
-    ddp, single = model_state(models / "last.pth"), model_state(workdir / "single/models/last.pth")
-    # Equal up to float error: Adam divides each gradient by its own magnitude, so the odd element whose
-    # gradient is ~0 may move by up to one step (lr * lr_ratio = 2e-4) differently; all others agree to 1e-6.
-    close = total = 0
-    for key in single:
-        diff = (ddp[key].double() - single[key].double()).abs()
-        assert diff.max() <= 3 * 2e-4, key
-        close += int((diff <= 1e-6).sum())
-        total += diff.numel()
-    assert close / total > 0.9999
-    losses = [next(csv.DictReader(open(workdir / name / "results" / "metrics.csv")))["loss"]
-              for name in ("ddp", "single")]
-    assert float(losses[0]) == pytest.approx(float(losses[1]), rel=1e-5)
+    assert_same_training(workdir, "ddp", "single")
+    student = [*common, "--teacherNet_model_path", "single/models/last.pth"]
+    run_script("train_DistillationIQA.py", *student, "--checkpoint_dir", "ddp_student", cwd=workdir,
+               launcher=launcher)
+    run_script("train_DistillationIQA.py", *student, "--checkpoint_dir", "single_student", cwd=workdir)
+    assert_same_training(workdir, "ddp_student", "single_student")
 
 
 def test_tsne_maps_and_examples_figure(workdir, student_run, teacher_run):

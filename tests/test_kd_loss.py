@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import types
 
 import pytest
 import torch
 from torch import nn
 
 from models.distillation import feature_distillation_loss
+from tests.fakes import FixedBatches
 from tools.epoch import Distillation, train_one_epoch
 from tools.runtime import Run
 from tools.utils import DistInfo, resolve_precision
@@ -118,18 +118,6 @@ class RecordingNet(nn.Module):
         return diff, lq_feats, pred
 
 
-class OneBatch:
-    """A loader of one batch with the sampler hook `train_one_epoch` calls."""
-
-    def __init__(self, batch: dict) -> None:
-        self.batch = batch
-        self.sampler = types.SimpleNamespace(set_epoch=lambda epoch: None)
-
-    def __iter__(self):
-        return iter([self.batch])
-
-    def __len__(self) -> int:
-        return 1
 
 
 def _batch() -> dict:
@@ -151,7 +139,7 @@ def _student_step(student: RecordingNet, teacher: RecordingNet, ratio: float) ->
     run = Run(DistInfo(), device, resolve_precision("off", device))
     optimizer = torch.optim.SGD(student.parameters(), lr=0.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    stats = train_one_epoch(student, OneBatch(batch), optimizer, scaler, run, epoch=0,
+    stats = train_one_epoch(student, FixedBatches([batch]), optimizer, scaler, run, epoch=0,
                             kd=Distillation(teacher, loss="mse", ratio=ratio))
     return stats, batch
 

@@ -21,14 +21,7 @@ from tools import engine
 from tools.dataset_fixtures import make_tid2013
 from tools.training_state import RunRecord, TrainingState, resume_scaler
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is as fast, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

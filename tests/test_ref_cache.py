@@ -163,14 +163,6 @@ def test_loader_workers_give_the_same_batches_from_a_shared_cache(data) -> None:
             assert all(torch.equal(a[k], b[k]) for k in ("lq", "hq", "ref"))
 
 
-@pytest.fixture()
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the scripts' tests run them; spinning threads crawl on a busy CPU
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_trained_weights_identical_with_the_cache_on_and_off(tmp_path: Path, one_thread) -> None:
     data = tmp_path / "dataset"
     make_kadid(data / "kadid10k", n_refs=2, n_types=2, n_levels=1)

@@ -42,13 +42,7 @@ NET = ["--patch_size", "32", "--self_patch_num", "2", "--distillation_layer", "4
        "--gpu_ids", "cpu", "--num_workers", "0", "--seed", "1", "--ref_cache_gb", "0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is as fast, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def one_line(err: pytest.ExceptionInfo) -> str:

@@ -51,13 +51,7 @@ def train_teacher(data: Path, folder: Path, *extra: str) -> dict:
     return train_DistillationIQA_FR.main(args)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is as fast, and much faster on a busy machine (as the end-to-end tests run)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

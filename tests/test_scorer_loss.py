@@ -27,13 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PATCH = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """16-pixel crops: one thread is as fast, and many times faster on a busy machine (spinning threads crawl)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import os
-import types
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from torch import nn
 
 from models.DistillationIQA import DistillationIQANet
 from option_train_DistillationIQA import set_args, set_single_args
+from tests.fakes import FixedBatches
 from tools import epoch as engine_epoch
 from tools import networks, run_folder, utils
 from tools.epoch import NonFiniteLossError, train_one_epoch
@@ -143,18 +143,6 @@ class _Linear(nn.Module):
         return [], [], self.w * lq.mean(dim=(1, 2, 3, 4)) + ref.mean(dim=(1, 2, 3, 4))
 
 
-class _Batches:
-    def __init__(self, batches: list[dict]) -> None:
-        self.batches = batches
-        self.sampler = types.SimpleNamespace(set_epoch=lambda epoch: None)
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
 def _batches(n: int, nan_at: int | None = None) -> list[dict]:
     gen = torch.Generator().manual_seed(3)
     out = []
@@ -173,7 +161,7 @@ def _epoch(batches: list[dict]) -> dict:
     run = Run(DistInfo(), device, resolve_precision("off", device))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # fixed weights: the losses are known
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    return train_one_epoch(model, _Batches(batches), optimizer, scaler, run, epoch=0)
+    return train_one_epoch(model, FixedBatches(batches), optimizer, scaler, run, epoch=0)
 
 
 def test_losses_are_read_every_few_steps_not_every_step(monkeypatch):
