@@ -199,6 +199,9 @@ def evaluate_models(args: argparse.Namespace, run: Run) -> dict:
         if not test_sets:
             get_logger().warning(f"warning: no test dataset found for the {model_name}")
             continue
+        # every image header before the first round, as training does
+        run_folder.on_main(run.dist, lambda sets=test_sets: run_folder.check_images(
+            [t.loader.dataset for t in sets], before="testing"))
         per_dataset = evaluate_rounds(model, test_sets, run, args.test_rounds, REFERENCE_KEY[mode],
                                       args.use_fitting_prcc_srcc, trained_higher_is_better=higher,
                                       after_round=partial(write_rounds_so_far, csv_path, list(rows), model_name)

@@ -415,3 +415,32 @@ def test_a_full_disk_before_the_first_checkpoint_says_what_is_true(tmp_path, mon
     with pytest.raises(UserError, match="last.pth holds the last epoch that could be saved: make room and "
                                         "continue with --resume"):
         engine._save_epoch(args, role, state, None, True, "")
+
+
+def test_a_permission_error_anywhere_ends_in_one_line(capsys):
+    """The last safety net of every script: a PermissionError met anywhere is one line naming the file, status 2."""
+    from common.errors import run_cli
+
+    def main():
+        raise PermissionError(13, "Permission denied", "/data/locked/img.png")
+
+    with pytest.raises(SystemExit) as stop:
+        run_cli(main)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "error: permission denied: /data/locked/img.png (Permission denied)\n"
+
+
+def test_test_script_reads_every_image_header_before_the_first_round(data, tmp_path, student, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("evaluated before the images were checked")
+
+    root = tmp_path / "dataset"
+    shutil.copytree(data, root)
+    broken = sorted((root / "TID2013" / "distorted_images").iterdir())[0]
+    broken.write_bytes(b"not an image")
+    monkeypatch.setattr(test_DistillationIQA, "evaluate", never)
+    with pytest.raises(UserError, match="problem\\(s\\) with the images, found before testing") as err:
+        test_DistillationIQA.main(script_args(root, student, tmp_path / "t"))
+    assert str(broken) in str(err.value)
+    assert not (tmp_path / "t" / "results" / "test_results.csv").exists()

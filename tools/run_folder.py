@@ -284,7 +284,7 @@ class RunLock:
 
 
 # ---- before training: every image readable -------------------------------------------------------------
-def check_images(datasets: Sequence, limit: int = 10) -> None:
+def check_images(datasets: Sequence, limit: int = 10, before: str = "training") -> None:
     """Read the header of every image the datasets will load (without decoding); `UserError` listing problems.
 
     Reports missing and unreadable files, images smaller than the patch size (unless upscaled or resized),
@@ -311,7 +311,7 @@ def check_images(datasets: Sequence, limit: int = 10) -> None:
             lines += image_problems(refs, dataset.patch_size, check_size=not dataset.upscale)[0]
     if lines:
         more = f"\n  ... and {len(lines) - limit} more" if len(lines) > limit else ""
-        raise UserError(f"{len(lines)} problem(s) with the images, found before training:\n"
+        raise UserError(f"{len(lines)} problem(s) with the images, found before {before}:\n"
                         + "\n".join(lines[:limit]) + more
                         + "\n(`python -m dataloaders check --dataset NAME --root PATH` reports a whole dataset)")
 
