@@ -55,7 +55,7 @@ def gather_1d(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if not info.distributed:
         return values.clone()
     lengths = gather_lengths(len(values), info)
-    lengths[info.rank] = len(values)  # (the same number, known locally)
+    lengths[info.rank] = len(values)  # its own length never depends on the transport (a fake group sends zeros)
     longest = max(lengths)
     padded = torch.zeros(longest, dtype=values.dtype)
     padded[:len(values)] = values
@@ -84,7 +84,7 @@ def broadcast_text(text: str | None, info: DistInfo, src: int = 0) -> str | None
         return text
     data = b"" if text is None else b"\x01" + text.encode("utf-8")
     size = int(sum_across(torch.tensor([len(data) if info.rank == src else 0], dtype=torch.int64), info)[0])
-    size = len(data) if info.rank == src else size  # (the same number, known locally on `src`)
+    size = len(data) if info.rank == src else size  # `src` keeps its own size whatever the transport returns
     if size == 0:
         return None
     payload = torch.tensor(list(data), dtype=torch.uint8) if info.rank == src else torch.zeros(size, dtype=torch.uint8)

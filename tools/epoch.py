@@ -87,15 +87,17 @@ def _training_loss(model: nn.Module, batch: dict, run: Run, kd: Distillation | N
 LOSS_READ_EVERY = 50  # training steps between two reads of the losses from the device (host synchronisations)
 
 
-def _read_losses(pending: list[Tensor], first_step: int, epoch: int) -> list[list[float]]:
-    """The losses of the steps since the last read ([loss] or [loss, KD feature loss] per step), in one transfer
-    from the device; a NaN or infinite loss stops the run, naming its iteration."""
+def _read_losses(pending: list[Tensor], losses: list[float], feature_losses: list[float], epoch: int) -> None:
+    """Move the losses of the steps since the last read ([loss] or [loss, KD feature loss] per step) from the
+    device, in one transfer, onto `losses` and `feature_losses`; a NaN or infinite loss stops the run, naming its
+    iteration (`losses` holds one entry per step read before it)."""
     rows = torch.stack(pending).cpu().tolist() if pending else []
     pending.clear()
-    for offset, row in enumerate(rows):
+    for row in rows:
         if not math.isfinite(row[0]):
-            raise NonFiniteLossError(f"the loss is {row[0]} at epoch {epoch}, iteration {first_step + offset}")
-    return rows
+            raise NonFiniteLossError(f"the loss is {row[0]} at epoch {epoch}, iteration {len(losses) + 1}")
+        losses.append(row[0])
+        feature_losses.extend(row[1:])
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -113,7 +115,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     pending: list[Tensor] = []
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=None if run.dist.is_main else True, leave=False)
     data_time, start = 0.0, time.perf_counter()
-    tick, read_from = start, 1
+    tick = start
     for step, batch in enumerate(bar, start=1):
         data_time += time.perf_counter() - tick
         loss, pred, _, feature_loss = _training_loss(model, batch, run, kd)
@@ -126,17 +128,12 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         preds.append(pred.detach().float())
         labels.append(torch.as_tensor(batch["label"]).float())
         if step % LOSS_READ_EVERY == 0 or step % net_print == 0:
-            rows = _read_losses(pending, read_from, epoch)
-            read_from = step + 1
-            losses += [r[0] for r in rows]
-            feature_losses += [r[1] for r in rows if len(r) > 1]
+            _read_losses(pending, losses, feature_losses, epoch)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if step % net_print == 0:
             get_logger().info(f"epoch {epoch} iter {step}: loss {np.mean(losses[-net_print:]):.4f}")
         tick = time.perf_counter()
-    rows = _read_losses(pending, read_from, epoch)
-    losses += [r[0] for r in rows]
-    feature_losses += [r[1] for r in rows if len(r) > 1]
+    _read_losses(pending, losses, feature_losses, epoch)
     local_preds = torch.cat(preds).cpu() if preds else torch.zeros(0)
     elapsed = time.perf_counter() - start  # after the reads above, which waited for the device
     pred_all, label_all = _gather([local_preds], run.dist), _gather(labels, run.dist)

@@ -64,6 +64,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def local_processes() -> int:
+    """How many processes torchrun started on this machine (LOCAL_WORLD_SIZE; 1 outside torchrun)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+
+
 def use_device(device: torch.device) -> None:
     """Make a CUDA `device` the current one, so that nothing (pinned-memory threads, CUDA contexts) lands on GPU 0."""
     if device.type == "cuda":
@@ -81,7 +86,7 @@ def init_distributed(gpu_ids: str | None, timeout_minutes: float = DEFAULT_DIST_
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = select_device(gpu_ids, local_rank=local_rank)
     info = DistInfo(True, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local_rank, device,
-                    int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+                    local_processes())
     use_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
@@ -224,8 +229,7 @@ def available_cpus() -> int:
 def default_num_workers() -> int:
     """`--num_workers auto`: the CPUs of this process's share of the machine (LOCAL_WORLD_SIZE processes under
     torchrun), one left for the training loop itself, at most 16."""
-    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return max(0, min(MAX_DEFAULT_WORKERS, available_cpus() // local_processes - 1))
+    return max(0, min(MAX_DEFAULT_WORKERS, available_cpus() // local_processes() - 1))
 
 
 def default_test_batch_size(gpu_ids: str | None) -> int:
